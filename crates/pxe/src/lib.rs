@@ -5,3 +5,4 @@
 //! `ingot` binary implements over the engine and the store (smee's `handler(backend)` shape).
 
 pub mod backend;
+pub mod tftp;
