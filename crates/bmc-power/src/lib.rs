@@ -7,6 +7,7 @@
 //! The engine picks a driver with [`DriverFactory::driver_for`] from a machine's power type and
 //! parameters; nothing outside this crate knows a BMC protocol.
 
+pub mod redfish;
 pub mod sim;
 
 use async_trait::async_trait;
@@ -76,9 +77,7 @@ impl DriverFactory for Drivers {
             PowerType::Sim => Ok(Arc::new(self.sim.driver(params)?)),
             PowerType::Manual => Err(PowerError::Unsupported { operation: "manual power control" }),
             PowerType::Ipmi => Err(PowerError::Unsupported { operation: "ipmi (driver not built yet)" }),
-            PowerType::Redfish => {
-                Err(PowerError::Unsupported { operation: "redfish (driver not built yet)" })
-            }
+            PowerType::Redfish => Ok(Arc::new(redfish::RedfishDriver::new(params)?)),
         }
     }
 }
