@@ -6,6 +6,7 @@ pub mod boot;
 pub mod ids;
 pub mod inventory;
 pub mod lifecycle;
+pub mod machine;
 pub mod net;
 pub mod power;
 

@@ -1,0 +1,103 @@
+//! DHCP leases and discovered devices.
+
+use crate::{Store, StoreError, now_ms};
+use ingot_types::net::{Discovery, Lease, Sighting};
+use sqlx::Row;
+use std::net::Ipv4Addr;
+
+impl Store {
+    pub async fn load_leases(&self) -> Result<Vec<Lease>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT ip, mac, subnet, hostname, starts_at, expires_at, offered FROM leases ORDER BY ip",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let ip: String = r.try_get("ip")?;
+                Ok(Lease {
+                    ip: ip.parse().map_err(|_| StoreError::Corrupt(format!("lease ip {ip}")))?,
+                    mac: r.try_get("mac")?,
+                    subnet: r.try_get("subnet")?,
+                    hostname: r.try_get("hostname")?,
+                    starts_at: r.try_get("starts_at")?,
+                    expires_at: r.try_get("expires_at")?,
+                    offered: r.try_get::<i64, _>("offered")? != 0,
+                })
+            })
+            .collect()
+    }
+
+    /// Upserts leases (keyed by IP) in one transaction: all or none.
+    pub async fn commit_leases(&self, leases: &[Lease]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for l in leases {
+            sqlx::query(
+                "INSERT INTO leases (ip, mac, subnet, hostname, starts_at, expires_at, offered) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (ip) DO UPDATE SET \
+                 mac = excluded.mac, subnet = excluded.subnet, hostname = excluded.hostname, \
+                 starts_at = excluded.starts_at, expires_at = excluded.expires_at, \
+                 offered = excluded.offered",
+            )
+            .bind(l.ip.to_string())
+            .bind(&l.mac)
+            .bind(&l.subnet)
+            .bind(l.hostname.clone())
+            .bind(l.starts_at)
+            .bind(l.expires_at)
+            .bind(i64::from(l.offered))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn remove_lease(&self, ip: Ipv4Addr) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM leases WHERE ip = $1")
+            .bind(ip.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Records a sighting: first/last seen, latest IP and architecture.
+    pub async fn record_sighting(&self, s: &Sighting) -> Result<(), StoreError> {
+        let at = if s.at > 0 { s.at } else { now_ms() / 1000 };
+        sqlx::query(
+            "INSERT INTO discoveries (mac, ip, arch, first_seen, last_seen) VALUES ($1, $2, $3, $4, $4) \
+             ON CONFLICT (mac) DO UPDATE SET ip = COALESCE(excluded.ip, discoveries.ip), \
+             arch = COALESCE(excluded.arch, discoveries.arch), last_seen = excluded.last_seen",
+        )
+        .bind(&s.mac)
+        .bind(s.ip.map(|i| i.to_string()))
+        .bind(s.arch.clone())
+        .bind(at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn discoveries(&self) -> Result<Vec<Discovery>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT d.mac, d.ip, d.arch, d.first_seen, d.last_seen, mm.machine_id \
+             FROM discoveries d LEFT JOIN machine_macs mm ON mm.mac = d.mac ORDER BY d.first_seen, d.mac",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let ip: Option<String> = r.try_get("ip")?;
+                let mid: Option<String> = r.try_get("machine_id")?;
+                Ok(Discovery {
+                    mac: r.try_get("mac")?,
+                    ip: ip.and_then(|i| i.parse().ok()),
+                    arch: r.try_get("arch")?,
+                    first_seen: r.try_get("first_seen")?,
+                    last_seen: r.try_get("last_seen")?,
+                    machine_id: mid.and_then(|m| ingot_types::MachineId::parse(&m).ok()),
+                })
+            })
+            .collect()
+    }
+}
