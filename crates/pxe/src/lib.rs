@@ -6,3 +6,4 @@
 
 pub mod backend;
 pub mod tftp;
+pub mod http;

@@ -369,3 +369,20 @@ async fn records_a_tftp_sighting_from_the_neighbour_table() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+#[tokio::test]
+async fn serves_the_ipxe_chain_script() {
+    let renderer = pxe::http::script::ScriptRenderer::new(None).unwrap();
+    let chain =
+        pxe::tftp::boot_files::IpxeChainFile::new(&renderer, "http://${next-server}:5248").unwrap();
+    let s = start(|cfg| cfg.dynamic = Some(Arc::new(chain))).await;
+    let got = client::fetch(s.addr, "boot.ipxe", &FetchOptions::default())
+        .await
+        .unwrap();
+    let script = String::from_utf8(got.bytes).unwrap();
+    assert!(script.starts_with("#!ipxe\n"), "{script}");
+    assert!(
+        script.contains("chain --autofree http://${next-server}:5248/ipxe/${netX/mac:hexhyp}"),
+        "{script}"
+    );
+}

@@ -5,6 +5,7 @@
 //! [`packet`] (wire format), [`session`] (negotiation and the transfer state machine),
 //! [`files`] (path checks, cache, generated files), [`server`] (tokio sockets) and [`client`].
 
+pub mod boot_files;
 pub mod client;
 pub mod files;
 pub mod packet;
