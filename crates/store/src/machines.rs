@@ -798,3 +798,38 @@ async fn insert_event(
     .await?;
     Ok(())
 }
+
+impl Store {
+    /// Stores hardware facts without a status change (enlistment) and claims the NICs' MACs.
+    pub async fn set_inventory(&self, id: &MachineId, inv: &Inventory) -> Result<(), StoreError> {
+        let hw = Hardware { disks: inv.disks.clone(), interfaces: inv.interfaces.clone(), system: inv.system.clone() };
+        let hw = serde_json::to_string(&hw).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let done = sqlx::query(
+            "UPDATE machines SET cpu_count = $1, cpu_model = $2, memory_mib = $3, hardware = $4, \
+             updated_at = $5 WHERE id = $6",
+        )
+        .bind(i64::from(inv.cpu_count))
+        .bind(&inv.cpu_model)
+        .bind(i64::try_from(inv.memory_mib).unwrap_or(i64::MAX))
+        .bind(hw)
+        .bind(now_ms())
+        .bind(id.as_str())
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound { kind: "machine", id: id.to_string() });
+        }
+        Ok(())
+    }
+
+    /// Moves a running workflow's deadline, only if the machine is still in `status`.
+    pub async fn extend_deadline(&self, id: &MachineId, status: NodeStatus, deadline_ms: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE machines SET deadline = $1 WHERE id = $2 AND status = $3 AND deadline IS NOT NULL")
+            .bind(deadline_ms)
+            .bind(id.as_str())
+            .bind(i64::from(status.code()))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}

@@ -101,3 +101,39 @@ impl Store {
             .collect()
     }
 }
+
+impl Store {
+    /// Mints a one-time enlistment token bound to `mac`; returns the plaintext.
+    pub async fn issue_enlist_token(&self, mac: &str, ttl_ms: i64) -> Result<String, StoreError> {
+        let token = crate::crypto::random_token(40);
+        let now = now_ms();
+        // Expired tokens are garbage; clear them while we are here.
+        sqlx::query("DELETE FROM enlist_tokens WHERE expires_at < $1")
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        sqlx::query("INSERT INTO enlist_tokens (token_sha256, mac, expires_at) VALUES ($1, $2, $3)")
+            .bind(crate::crypto::sha256_hex(&token))
+            .bind(mac)
+            .bind(now + ttl_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(token)
+    }
+
+    /// Consumes an enlistment token: returns the MAC it was issued for, once.
+    pub async fn take_enlist_token(&self, token: &str) -> Result<Option<String>, StoreError> {
+        let hash = crate::crypto::sha256_hex(token);
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query("DELETE FROM enlist_tokens WHERE token_sha256 = $1 AND expires_at > $2 RETURNING mac")
+            .bind(&hash)
+            .bind(now_ms())
+            .fetch_optional(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(match row {
+            Some(r) => Some(r.try_get("mac")?),
+            None => None,
+        })
+    }
+}

@@ -29,6 +29,8 @@ pub struct EnlistRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnlistResponse {
     pub machine_id: MachineId,
+    /// The machine's own token for the rest of this boot (the enlistment token is spent).
+    pub token: String,
 }
 
 /// What the region wants the agent to do next.

@@ -92,3 +92,10 @@ CREATE TABLE discoveries (
     first_seen BIGINT NOT NULL,
     last_seen BIGINT NOT NULL
 );
+
+-- One-time credentials for enlisting unknown machines, bound to the MAC that netbooted.
+CREATE TABLE enlist_tokens (
+    token_sha256 TEXT PRIMARY KEY,
+    mac TEXT NOT NULL,
+    expires_at BIGINT NOT NULL
+);
