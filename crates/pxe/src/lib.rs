@@ -5,5 +5,6 @@
 //! `ingot` binary implements over the engine and the store (smee's `handler(backend)` shape).
 
 pub mod backend;
-pub mod tftp;
+pub mod dhcp;
 pub mod http;
+pub mod tftp;
