@@ -17,7 +17,6 @@ use ingot_types::power::{BootDevice, BootPersistence, PowerParameters, PowerStat
 use proto::{Method, Peer, Request, ResetKind, Response, ServiceRoot, SessionOutcome, System};
 use reqwest::Url;
 use reqwest::header::{ACCEPT, HeaderValue, IF_MATCH};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 /// The longest one HTTP exchange with a BMC may take. BMCs are slow (seconds per request on
@@ -71,7 +70,7 @@ impl RedfishDriver {
         // BMCs ship self-signed certificates; verifying is opt-in, as in MAAS.
         let verify = params.power_verify_ssl == Some(true);
         Ok(Self {
-            http: shared_client(verify)?,
+            http: http_client(verify)?,
             base,
             peer: Peer {
                 address,
@@ -320,26 +319,38 @@ fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     parts.join(": ")
 }
 
-/// One client per verification mode for the whole process, so connections and TLS state are
-/// reused across driver calls instead of rebuilt for each.
-fn shared_client(verify: bool) -> Result<reqwest::Client, PowerError> {
-    static VERIFYING: OnceLock<reqwest::Client> = OnceLock::new();
-    static ACCEPTING: OnceLock<reqwest::Client> = OnceLock::new();
-    let cell = if verify { &VERIFYING } else { &ACCEPTING };
-    if let Some(client) = cell.get() {
-        return Ok(client.clone());
-    }
-    let client = reqwest::Client::builder()
+/// One client per driver: its pool keeps the connection open across the few requests of a
+/// call. Not shared process-wide on purpose: pooled connections belong to the tokio runtime
+/// that opened them, and a client shared across runtimes (tests, `block_on` callers) hands out
+/// connections whose runtime is gone.
+fn http_client(verify: bool) -> Result<reqwest::Client, PowerError> {
+    reqwest::Client::builder()
         .use_rustls_tls()
         .danger_accept_invalid_certs(!verify)
+        // Loading the system's trust store is wasted work when nothing is verified.
+        .tls_built_in_root_certs(verify)
         .connect_timeout(CONNECT_TIMEOUT)
+        .redirect(same_host_redirects())
         .user_agent(concat!("ingot-bmc-power/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| PowerError::Unreachable {
             address: String::new(),
             detail: format!("cannot set up the HTTP client: {}", error_chain(&e)),
-        })?;
-    Ok(cell.get_or_init(|| client).clone())
+        })
+}
+
+/// Redirects are followed only on the same host: reqwest strips `Authorization` when a
+/// redirect leaves the origin, but not our `X-Auth-Token`.
+fn same_host_redirects() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let same_host = attempt.previous().first().map(|first| first.host_str())
+            == Some(attempt.url().host_str());
+        if attempt.previous().len() > 5 || !same_host {
+            attempt.stop()
+        } else {
+            attempt.follow()
+        }
+    })
 }
 
 /// A live session. [`SessionGuard::close`] deletes it; if the call's future is dropped before
