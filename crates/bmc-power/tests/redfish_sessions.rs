@@ -52,6 +52,8 @@ struct Bmc {
     reset_fails: bool,
     reset_delay: Duration,
     garbage_system: bool,
+    /// Answer GET Systems with a redirect to this URL.
+    redirect_systems: Option<String>,
     resets: Vec<String>,
     if_match_seen: Vec<Option<String>>,
     /// (method, path, auth) of every request after the service root.
@@ -75,6 +77,7 @@ impl Bmc {
             reset_fails: false,
             reset_delay: Duration::ZERO,
             garbage_system: false,
+            redirect_systems: None,
             resets: Vec::new(),
             if_match_seen: Vec::new(),
             log: Vec::new(),
@@ -170,7 +173,11 @@ async fn handle(
                 _ => redfish_error(StatusCode::FORBIDDEN, "not your session"),
             }
         }
-        ("GET", "/redfish/v1/Systems") => axum::Json(json!({
+        ("GET", "/redfish/v1/Systems") if state.redirect_systems.is_some() => {
+            let location = state.redirect_systems.clone().unwrap();
+            (StatusCode::TEMPORARY_REDIRECT, [("Location", location)]).into_response()
+        }
+        ("GET", "/redfish/v1/Systems" | "/redfish/v1/Systems/") => axum::Json(json!({
             "Members": [{"@odata.id": SYSTEM}],
             "Members@odata.count": 1
         }))
@@ -250,9 +257,13 @@ async fn handle(
 }
 
 async fn start(session_service: SessionService) -> (Shared, String) {
+    start_on("127.0.0.1", session_service).await
+}
+
+async fn start_on(ip: &str, session_service: SessionService) -> (Shared, String) {
     let bmc = Arc::new(Mutex::new(Bmc::new(session_service)));
     let app = Router::new().fallback(handle).with_state(bmc.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
     let address = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     (bmc, address)
@@ -517,4 +528,30 @@ async fn parameters_are_checked_up_front() {
             ..
         })
     ));
+}
+
+#[tokio::test]
+async fn redirects_to_another_host_are_not_followed() {
+    let (bmc, address) = start(SessionService::Works).await;
+    let (elsewhere, other) = start_on("127.0.0.2", SessionService::Works).await;
+    // Another host (127.0.0.2): the token must not go there.
+    bmc.lock().unwrap().redirect_systems = Some(format!("{other}/redfish/v1/Systems"));
+    let err = driver(&address).power_state().await.unwrap_err();
+    assert!(
+        matches!(&err, PowerError::Bmc { code, .. } if code == "307"),
+        "{err:?}"
+    );
+    assert!(
+        elsewhere.lock().unwrap().log.is_empty(),
+        "nothing reached the other host"
+    );
+    assert_eq!(sessions(&bmc), (0, 1, 1));
+
+    // On the same host a redirect is followed, with the session token.
+    bmc.lock().unwrap().redirect_systems = Some(format!("{address}/redfish/v1/Systems/"));
+    assert_eq!(
+        driver(&address).power_state().await.unwrap(),
+        PowerState::Off
+    );
+    assert_eq!(sessions(&bmc), (0, 2, 2));
 }
