@@ -386,3 +386,36 @@ async fn serves_the_ipxe_chain_script() {
         "{script}"
     );
 }
+
+#[tokio::test]
+async fn observer_sees_each_request_outcome() {
+    let records = Arc::new(Mutex::new(Vec::new()));
+    let sink = records.clone();
+    let s = start(move |cfg| {
+        cfg.on_transfer = Some(Arc::new(move |r| sink.lock().unwrap().push(r)));
+    })
+    .await;
+    client::fetch(s.addr, "exact.bin", &FetchOptions::default())
+        .await
+        .unwrap();
+    let _ = client::fetch(s.addr, "missing", &FetchOptions::default()).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while records.lock().unwrap().len() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            records.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let got = records.lock().unwrap().clone();
+    assert_eq!(got[0].file, "exact.bin");
+    assert_eq!(got[0].bytes, 1024);
+    assert_eq!(got[0].outcome, pxe::tftp::TransferOutcome::Finished);
+    assert_eq!(got[1].file, "missing");
+    assert!(
+        matches!(got[1].outcome, pxe::tftp::TransferOutcome::Refused(_)),
+        "{:?}",
+        got[1]
+    );
+}

@@ -13,5 +13,5 @@ pub mod server;
 pub mod session;
 
 pub use files::{DynamicFiles, OpenFileError};
-pub use server::{TftpConfig, TftpServeError};
+pub use server::{TftpConfig, TftpServeError, TransferOutcome, TransferRecord};
 pub use session::Limits;

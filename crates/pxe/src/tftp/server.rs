@@ -33,6 +33,30 @@ pub struct TftpConfig {
     pub dynamic: Option<Arc<dyn DynamicFiles>>,
     /// Where client IPs are resolved to MACs for sightings (the kernel's neighbour table).
     pub arp_table: PathBuf,
+    /// Called once per request when it ends (metrics, the lab's assertions). Must be cheap.
+    pub on_transfer: Option<Arc<dyn Fn(TransferRecord) + Send + Sync>>,
+}
+
+/// How one read request ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransferOutcome {
+    Finished,
+    /// Retries exhausted.
+    GaveUp,
+    /// The client sent ERROR (UEFI does this after learning tsize).
+    ClientAborted(String),
+    /// File missing, path refused, unsupported mode.
+    Refused(String),
+    SocketError(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransferRecord {
+    pub peer: SocketAddr,
+    pub file: String,
+    /// File size (bytes sent when finished).
+    pub bytes: u64,
+    pub outcome: TransferOutcome,
 }
 
 impl TftpConfig {
@@ -44,6 +68,7 @@ impl TftpConfig {
             max_file_size: 256 << 20,
             dynamic: None,
             arp_table: PathBuf::from("/proc/net/arp"),
+            on_transfer: None,
         }
     }
 }
@@ -173,37 +198,39 @@ struct Shared {
     local_ip: IpAddr,
 }
 
-/// How a transfer ended (for logs and tests).
-#[derive(Debug, PartialEq, Eq)]
-enum Outcome {
-    Finished,
-    GaveUp,
-    ClientAborted(String),
-    SocketError(std::io::ErrorKind),
-}
-
 impl Shared {
     async fn handle_read(&self, request: Request, peer: SocketAddr) {
+        let (bytes, outcome) = self.read_transfer(&request, peer).await;
+        if let Some(observer) = &self.cfg.on_transfer {
+            observer(TransferRecord {
+                peer,
+                file: request.filename.clone(),
+                bytes,
+                outcome,
+            });
+        }
+    }
+
+    async fn read_transfer(&self, request: &Request, peer: SocketAddr) -> (u64, TransferOutcome) {
         // The transfer socket is the server's TID; connecting it filters other peers out.
         let socket = match UdpSocket::bind(SocketAddr::new(self.local_ip, 0)).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(%peer, error = %e, "tftp: cannot bind a transfer socket");
-                return;
+                return (0, TransferOutcome::SocketError(e.to_string()));
             }
         };
         if let Err(e) = socket.connect(peer).await {
             tracing::debug!(%peer, error = %e, "tftp: cannot connect to the client");
-            return;
+            return (0, TransferOutcome::SocketError(e.to_string()));
         }
         if request.mode != "octet" && request.mode != "netascii" {
-            let _ = socket
-                .send(&packet::encode_error(
-                    ErrorCode::IllegalOperation,
-                    "unsupported mode",
-                ))
-                .await;
-            return;
+            let reply = packet::encode_error(ErrorCode::IllegalOperation, "unsupported mode");
+            let _ = socket.send(&reply).await;
+            return (
+                0,
+                TransferOutcome::Refused(format!("mode {}", request.mode)),
+            );
         }
         let bytes = match self.open(&request.filename, peer).await {
             Ok(bytes) => bytes,
@@ -217,23 +244,24 @@ impl Shared {
                 let _ = socket
                     .send(&packet::encode_error(code, &e.to_string()))
                     .await;
-                return;
+                return (0, TransferOutcome::Refused(e.to_string()));
             }
         };
-        let negotiated = session::negotiate(&request, bytes.len() as u64, &self.cfg.limits);
+        let negotiated = session::negotiate(request, bytes.len() as u64, &self.cfg.limits);
         let outcome = transfer(&socket, &bytes, &negotiated, self.cfg.limits.max_retries).await;
         match &outcome {
-            Outcome::Finished => {
+            TransferOutcome::Finished => {
                 tracing::debug!(%peer, file = %request.filename, len = bytes.len(), "tftp: sent")
             }
             // UEFI firmware asks for tsize, then aborts and re-requests: not a failure.
-            Outcome::ClientAborted(m) => {
+            TransferOutcome::ClientAborted(m) => {
                 tracing::debug!(%peer, file = %request.filename, message = %m, "tftp: client aborted")
             }
             other => {
                 tracing::warn!(%peer, file = %request.filename, outcome = ?other, "tftp: transfer failed")
             }
         }
+        (bytes.len() as u64, outcome)
     }
 
     async fn open(&self, filename: &str, peer: SocketAddr) -> Result<Arc<[u8]>, OpenFileError> {
@@ -258,7 +286,7 @@ async fn transfer(
     file: &[u8],
     negotiated: &Negotiated,
     max_retries: u32,
-) -> Outcome {
+) -> TransferOutcome {
     let mut state = ReadTransfer::new(file.len() as u64, negotiated, max_retries);
     let oack = packet::encode_oack(&negotiated.oack);
     let mut out = vec![0u8; usize::from(negotiated.blksize) + packet::DATA_HEADER_LEN];
@@ -287,14 +315,14 @@ async fn transfer(
                 result
             }
             Action::Wait => Ok(false),
-            Action::Finished => return Outcome::Finished,
-            Action::GaveUp => return Outcome::GaveUp,
-            Action::ClientAborted(message) => return Outcome::ClientAborted(message),
+            Action::Finished => return TransferOutcome::Finished,
+            Action::GaveUp => return TransferOutcome::GaveUp,
+            Action::ClientAborted(message) => return TransferOutcome::ClientAborted(message),
         };
         match sent {
             Ok(true) => deadline = Instant::now() + timeout,
             Ok(false) => {}
-            Err(kind) => return Outcome::SocketError(kind),
+            Err(kind) => return TransferOutcome::SocketError(kind.to_string()),
         }
         action = loop {
             tokio::select! {
@@ -304,7 +332,7 @@ async fn transfer(
                         Ok(p) => break state.on_packet(&p),
                         Err(_) => continue,
                     },
-                    Err(e) => return Outcome::SocketError(e.kind()),
+                    Err(e) => return TransferOutcome::SocketError(e.kind().to_string()),
                 },
                 _ = &mut timer => {
                     let now = Instant::now();
