@@ -12,6 +12,7 @@ use tokio::sync::broadcast;
 
 /// How a sim BMC misbehaves.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Faults {
     /// Every call fails with [`PowerError::Unreachable`].
     #[serde(default)]

@@ -385,7 +385,7 @@ impl Engine {
         let (power_type, _) = self.store.power_credentials(id).await?;
         if power_type == PowerType::Manual {
             // Nothing to drive; the operator powers the machine by hand.
-            self.store.record_event(id, "engine", "power", &format!("manual power: please {op:?} the machine")).await?;
+            self.store.record_event(id, "engine", "power", &format!("manual power type: {op} the machine by hand")).await?;
             return Ok(());
         }
         let result = async {
@@ -408,11 +408,11 @@ impl Engine {
             Ok(()) => {
                 let state = if matches!(op, PowerOp::Off) { PowerState::Off } else { PowerState::On };
                 self.store.set_power_state(id, state, None).await?;
-                self.store.record_event(id, "engine", "power", &format!("{op:?} done")).await?;
+                self.store.record_event(id, "engine", "power", &format!("{op}: done")).await?;
                 Ok(())
             }
             Err(e) => {
-                let msg = format!("{op:?} failed: {}", error_chain(&e));
+                let msg = format!("{op} failed: {}", error_chain(&e));
                 tracing::warn!(machine = %id, error = %msg, "power action failed");
                 self.store.set_power_state(id, PowerState::Error, Some(&msg)).await?;
                 self.store.record_event(id, "engine", "power", &msg).await?;
@@ -482,11 +482,21 @@ fn release_effects() -> Effects {
 }
 
 #[derive(Debug, Clone, Copy)]
-enum PowerOp {
+pub(crate) enum PowerOp {
     On,
     Off,
     /// Next boot from the network once, then on (or cycle if already on).
     NetbootCycle,
+}
+
+impl std::fmt::Display for PowerOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PowerOp::On => "power on",
+            PowerOp::Off => "power off",
+            PowerOp::NetbootCycle => "network boot (next boot PXE once, power on or cycle)",
+        })
+    }
 }
 
 /// "outer: inner: innermost", for messages shown to operators.
