@@ -1,12 +1,13 @@
 //! Power control for BMCs. One trait, [`PowerDriver`], with an implementation per protocol:
 //! - [`sim`]: an in-process simulated BMC with fault injection (unreachable, slow, wrong password),
 //!   used by `ingot serve --sim-machines` and the tests;
-//! - `ipmi`: IPMI 2.0 RMCP+ over UDP (planned in this crate);
+//! - [`ipmi`]: IPMI 2.0 RMCP+ (cipher suites 17 and 3) and IPMI 1.5 over UDP;
 //! - `redfish`: a thin Redfish client (planned in this crate).
 //!
 //! The engine picks a driver with [`DriverFactory::driver_for`] from a machine's power type and
 //! parameters; nothing outside this crate knows a BMC protocol.
 
+pub mod ipmi;
 pub mod redfish;
 pub mod sim;
 
@@ -76,7 +77,7 @@ impl DriverFactory for Drivers {
         match power_type {
             PowerType::Sim => Ok(Arc::new(self.sim.driver(params)?)),
             PowerType::Manual => Err(PowerError::Unsupported { operation: "manual power control" }),
-            PowerType::Ipmi => Err(PowerError::Unsupported { operation: "ipmi (driver not built yet)" }),
+            PowerType::Ipmi => Ok(Arc::new(ipmi::IpmiDriver::from_parameters(params)?)),
             PowerType::Redfish => Ok(Arc::new(redfish::RedfishDriver::new(params)?)),
         }
     }
