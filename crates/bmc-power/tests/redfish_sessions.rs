@@ -52,6 +52,8 @@ struct Bmc {
     reset_fails: bool,
     reset_delay: Duration,
     garbage_system: bool,
+    /// Require If-Match on PATCH but publish no ETag (accepts `*`).
+    hidden_etag: bool,
     /// Answer GET Systems with a redirect to this URL.
     redirect_systems: Option<String>,
     resets: Vec<String>,
@@ -77,6 +79,7 @@ impl Bmc {
             reset_fails: false,
             reset_delay: Duration::ZERO,
             garbage_system: false,
+            hidden_etag: false,
             redirect_systems: None,
             resets: Vec::new(),
             if_match_seen: Vec::new(),
@@ -204,6 +207,9 @@ async fn handle(
                     "@Redfish.ActionInfo": format!("{SYSTEM}/ResetActionInfo"),
                 }},
             });
+            if state.hidden_etag {
+                return axum::Json(system).into_response();
+            }
             ([("ETag", etag)], axum::Json(system)).into_response()
         }
         ("GET", "/redfish/v1/Systems/1/ResetActionInfo") => axum::Json(json!({
@@ -235,7 +241,13 @@ async fn handle(
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned);
             state.if_match_seen.push(if_match.clone());
-            if if_match != Some(format!("\"{}\"", state.etag)) {
+            let current = format!("\"{}\"", state.etag);
+            let accepted = match if_match.as_deref() {
+                Some("*") => state.hidden_etag,
+                Some(tag) => tag == current,
+                None => false,
+            };
+            if !accepted {
                 return redfish_error(StatusCode::PRECONDITION_FAILED, "ETag mismatch");
             }
             let boot = &body["Boot"];
@@ -417,6 +429,23 @@ async fn stale_etag_is_re_read_once() {
         state.if_match_seen,
         [Some("\"1\"".to_owned()), Some("\"2\"".to_owned())]
     );
+    assert_eq!(
+        (state.sessions.len(), state.created, state.deleted),
+        (0, 1, 1)
+    );
+}
+
+#[tokio::test]
+async fn if_match_star_when_the_bmc_hides_its_etag() {
+    let (bmc, address) = start(SessionService::Works).await;
+    bmc.lock().unwrap().hidden_etag = true;
+    driver(&address)
+        .set_boot_device(BootDevice::Pxe, BootPersistence::Once)
+        .await
+        .unwrap();
+    let state = bmc.lock().unwrap();
+    assert_eq!(state.boot, ("Pxe".to_owned(), "Once".to_owned()));
+    assert_eq!(state.if_match_seen, [None, Some("*".to_owned())]);
     assert_eq!(
         (state.sessions.len(), state.created, state.deleted),
         (0, 1, 1)

@@ -196,7 +196,7 @@ impl RedfishDriver {
         // Precondition failed/required: the ETag we sent is stale (or the BMC wants one we
         // did not have). Re-read once and retry; a second refusal is the BMC's answer.
         let fresh = proto::parse_system(&self.get(auth, system_path).await?)?;
-        let request = proto::boot_override(system_path, &fresh, device, persistence)?;
+        let request = proto::boot_override_retry(system_path, &fresh, device, persistence)?;
         let resp = self.send(auth, &request).await?;
         proto::expect_success(&resp, &self.peer)
     }

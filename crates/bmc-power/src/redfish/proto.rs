@@ -571,5 +571,18 @@ pub fn boot_override(
     })
 }
 
+/// The PATCH to resend after a 412/428, built from a fresh GET. A BMC that demands
+/// `If-Match` but publishes no ETag (some Supermicro firmware) accepts `*`.
+pub fn boot_override_retry(
+    system_path: &str,
+    fresh: &System,
+    device: BootDevice,
+    persistence: BootPersistence,
+) -> Result<Request, PowerError> {
+    let mut request = boot_override(system_path, fresh, device, persistence)?;
+    request.if_match.get_or_insert_with(|| "*".to_owned());
+    Ok(request)
+}
+
 #[cfg(test)]
 mod tests;

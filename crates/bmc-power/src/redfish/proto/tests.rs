@@ -414,7 +414,7 @@ fn boot_override_requests() {
     );
     let unadvertised = System {
         boot_targets: None,
-        ..sushy
+        ..sushy.clone()
     };
     check(
         &unadvertised,
@@ -422,6 +422,15 @@ fn boot_override_requests() {
         Persistent,
         Ok((patch("Pxe", "Continuous"), None)),
     );
+
+    // The retry after 412/428 always carries If-Match: the ETag if known, else `*`.
+    let retry = |system: &System| {
+        boot_override_retry("/redfish/v1/Systems/1", system, Pxe, Once)
+            .unwrap()
+            .if_match
+    };
+    assert_eq!(retry(&sushy).as_deref(), Some("*"));
+    assert_eq!(retry(&bmc).as_deref(), Some("W/\"12345\""));
 }
 
 #[test]
@@ -550,4 +559,69 @@ fn secrets_stay_out_of_debug_output() {
         location: None,
     };
     assert!(!format!("{session:?}").contains("s3cr3t-token"));
+}
+
+#[test]
+fn truncated_and_mangled_bodies_never_panic() {
+    let fixtures = [
+        SUSHY_ROOT,
+        SUSHY_SYSTEMS,
+        SUSHY_SYSTEM,
+        SUSHY_ERROR_404,
+        BMC_ROOT,
+        BMC_SYSTEM,
+        BMC_ACTION_INFO,
+        BMC_ERROR,
+    ];
+    for fixture in fixtures {
+        let bytes = fixture.as_bytes();
+        for cut in 0..bytes.len() {
+            for body in [&bytes[..cut], &bytes[cut..]] {
+                let resp = Response {
+                    body: body.to_vec(),
+                    ..status(200, "")
+                };
+                let _ = parse_service_root(&resp);
+                let _ = pick_system(&resp, None);
+                let _ = pick_system(&resp, Some("1"));
+                let _ = parse_system(&resp);
+                let _ = parse_action_info(&resp);
+                let _ = parse_session_created(
+                    &Response {
+                        status: 201,
+                        ..resp.clone()
+                    },
+                    &peer(),
+                );
+                let _ = expect_success(
+                    &Response {
+                        status: 500,
+                        ..resp
+                    },
+                    &peer(),
+                );
+            }
+        }
+    }
+    // Right types in the wrong places are typed errors or ignored, not panics.
+    for body in [
+        r#"{"Systems":{"@odata.id":5},"Links":{"Sessions":[]}}"#,
+        r#"{"Members":[5,"x",{"@odata.id":null}]}"#,
+        r##"{"PowerState":5,"Boot":[],"Actions":{"#ComputerSystem.Reset":{"target":5}}}"##,
+        r#"{"error":{"@Message.ExtendedInfo":{"Message":"x"},"message":5}}"#,
+    ] {
+        let resp = ok(body);
+        let _ = (
+            parse_service_root(&resp),
+            pick_system(&resp, None),
+            parse_system(&resp),
+        );
+        let _ = expect_success(
+            &Response {
+                status: 500,
+                ..resp
+            },
+            &peer(),
+        );
+    }
 }
