@@ -102,7 +102,7 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiE
             rest.split('`').next().map(str::to_owned)
         } else if let Some(rest) = message.strip_prefix("missing field `") {
             rest.split('`').next().map(str::to_owned)
-        } else if path == "." || path.is_empty() {
+        } else if path == "." || path == "?" || path.is_empty() {
             None
         } else {
             Some(path)

@@ -36,6 +36,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .merge(native::router())
         .merge(agent::router())
+        .fallback(not_found)
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }
@@ -48,4 +49,8 @@ async fn healthz(
         error::ApiError::Internal
     })?;
     Ok(axum::Json(serde_json::json!({ "status": "ok" })))
+}
+
+async fn not_found(uri: axum::http::Uri) -> error::ApiError {
+    error::ApiError::NotFound { kind: "route", id: uri.path().to_owned() }
 }

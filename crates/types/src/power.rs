@@ -94,6 +94,7 @@ pub enum BootPersistence {
 /// Power parameters as MAAS names them. `power_pass` is plaintext only in memory: the store
 /// encrypts it and the APIs never return it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PowerParameters {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub power_address: Option<String>,
