@@ -71,6 +71,10 @@ mod sushy {
     pub struct Options {
         pub tls: bool,
         pub basic_auth: Option<(&'static str, &'static str)>,
+        /// Fake systems with these ids instead of sushy's single default one.
+        pub systems: &'static [&'static str],
+        /// `SUSHY_EMULATOR_FEATURE_SET`: full (default), vmedia or minimum.
+        pub feature_set: Option<&'static str>,
     }
 
     /// A running sushy-emulator; killed on drop.
@@ -127,6 +131,19 @@ mod sushy {
                     "SUSHY_EMULATOR_AUTH_FILE = {:?}\n",
                     htpasswd.display().to_string()
                 );
+            }
+            if !options.systems.is_empty() {
+                config += "SUSHY_EMULATOR_FAKE_SYSTEMS = [\n";
+                for (i, id) in options.systems.iter().enumerate() {
+                    config += &format!(
+                        "    {{'uuid': {id:?}, 'name': 'node-{i}', 'power_state': 'Off', \
+                         'nics': [{{'mac': '52:54:00:00:00:{i:02x}', 'ip': '192.0.2.{i}'}}]}},\n"
+                    );
+                }
+                config += "]\n";
+            }
+            if let Some(feature_set) = options.feature_set {
+                config += &format!("SUSHY_EMULATOR_FEATURE_SET = {feature_set:?}\n");
             }
             let config_file = dir.path().join("emulator.conf");
             fs::write(&config_file, config).unwrap();
@@ -375,8 +392,9 @@ async fn fake_system_over_tls_with_a_self_signed_certificate() {
 }
 
 #[tokio::test]
-async fn basic_auth_from_an_htpasswd_file() {
+async fn basic_auth_from_an_htpasswd_file_over_tls() {
     let emulator = Emulator::start(Options {
+        tls: true,
         basic_auth: Some(("admin", "p4ss")),
         ..Default::default()
     });
@@ -398,7 +416,7 @@ async fn basic_auth_from_an_htpasswd_file() {
     assert_eq!(boot["BootSourceOverrideTarget"], "Pxe");
     driver.power_on().await.unwrap();
     let on = wait_for(&driver, PowerState::On).await;
-    eprintln!("sushy fake (basic auth): On after {on:?}");
+    eprintln!("sushy fake (tls + basic auth): On after {on:?}");
 
     let wrong = RedfishDriver::new(&with_credentials(&emulator, "admin", "nope")).unwrap();
     assert_eq!(
@@ -478,4 +496,74 @@ async fn stopped_emulator_is_unreachable() {
         "refusal is immediate"
     );
     eprintln!("sushy stopped (port {}): {err}", emulator.port());
+}
+
+#[tokio::test]
+async fn several_systems_need_a_node_id() {
+    const IDS: &[&str] = &["node-a-uuid", "node-b-uuid"];
+    let emulator = Emulator::start(Options {
+        systems: IDS,
+        ..Default::default()
+    });
+
+    let unnamed = RedfishDriver::new(&params(&emulator)).unwrap();
+    match unnamed.power_state().await.unwrap_err() {
+        PowerError::InvalidParameter {
+            field: "node_id",
+            reason,
+        } => {
+            assert!(reason.contains("node-a-uuid, node-b-uuid"), "{reason}")
+        }
+        other => panic!("expected InvalidParameter(node_id), got {other:?}"),
+    }
+
+    let named = |id: &str| {
+        RedfishDriver::new(&PowerParameters {
+            node_id: Some(id.into()),
+            ..params(&emulator)
+        })
+        .unwrap()
+    };
+    let (a, b) = (named(IDS[0]), named(IDS[1]));
+    b.set_boot_device(BootDevice::Pxe, BootPersistence::Once)
+        .await
+        .unwrap();
+    b.power_on().await.unwrap();
+    let on = wait_for(&b, PowerState::On).await;
+    eprintln!("sushy fake (2 systems): node-b On after {on:?}");
+    assert_eq!(
+        a.power_state().await.unwrap(),
+        PowerState::Off,
+        "only node-b was switched"
+    );
+    let boot_a = raw_get(&emulator, "/redfish/v1/Systems/node-a-uuid", None).await["Boot"].clone();
+    let boot_b = raw_get(&emulator, "/redfish/v1/Systems/node-b-uuid", None).await["Boot"].clone();
+    assert_eq!(
+        (
+            boot_a["BootSourceOverrideTarget"].as_str(),
+            boot_b["BootSourceOverrideTarget"].as_str()
+        ),
+        (Some("Hdd"), Some("Pxe"))
+    );
+}
+
+#[tokio::test]
+async fn minimum_feature_set() {
+    // sushy's smallest service root: Systems only, no Managers, Chassis or registries.
+    let emulator = Emulator::start(Options {
+        feature_set: Some("minimum"),
+        ..Default::default()
+    });
+    let root = raw_get(&emulator, "/redfish/v1/", None).await;
+    assert!(root.get("Managers").is_none(), "{root}");
+    let driver = RedfishDriver::new(&params(&emulator)).unwrap();
+    driver
+        .set_boot_device(BootDevice::Pxe, BootPersistence::Once)
+        .await
+        .unwrap();
+    driver.power_on().await.unwrap();
+    let on = wait_for(&driver, PowerState::On).await;
+    eprintln!("sushy fake (minimum feature set): On after {on:?}");
+    driver.power_off().await.unwrap();
+    wait_for(&driver, PowerState::Off).await;
 }
