@@ -1,4 +1,5 @@
-//! Redfish power driver: a thin async shell over [`proto`], which decides everything.
+//! Redfish power driver: a thin async shell over the sans-IO `proto` module, which decides
+//! everything.
 //!
 //! Each driver call is one short conversation: GET the service root (unauthenticated, as the
 //! spec allows), log in (a session when the service has one, else HTTP Basic), GET the Systems
@@ -8,6 +9,12 @@
 //! Sessions are always deleted, on error paths too, and even when the caller drops the future
 //! (a timeout in the engine): BMCs allow only a handful of sessions and some never expire
 //! them, which is how other provisioning systems ended up locked out of their BMCs.
+//!
+//! Tests: `proto` has table tests over captured and hand-written JSON; `tests/redfish_sessions.rs`
+//! drives a mock BMC with sessions, ETags and faults; `tests/redfish_peers.rs` drives the real
+//! sushy-emulator (`--fake`) over HTTP, TLS and Basic auth. The latter needs `python3` (with
+//! venv), `openssl`, and sushy-tools 2.2.0 in the venv at `$INGOT_PY_VENV` or
+//! `/var/cache/ingot-venv`, which the test creates with pip when it is missing.
 
 mod proto;
 

@@ -11,7 +11,7 @@ use std::net::IpAddr;
 
 pub const SERVICE_ROOT: &str = "/redfish/v1/";
 /// DSP0266 fixes the session collection's URI, so a root that links `SessionService` but
-/// omits `Links.Sessions` (seen on older firmware) still tells us where to log in.
+/// omits `Links.Sessions` still tells us where to log in.
 const STANDARD_SESSIONS: &str = "/redfish/v1/SessionService/Sessions";
 
 /// A code for [`PowerError::Bmc`] when the BMC answered 2xx with something we cannot use.
