@@ -16,7 +16,9 @@ struct AgentToken(String);
 impl FromRequestParts<AppState> for AgentToken {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, ApiError> {
-        bearer(parts).map(|t| AgentToken(t.to_owned())).ok_or(ApiError::Unauthorized)
+        bearer(parts)
+            .map(|t| AgentToken(t.to_owned()))
+            .ok_or(ApiError::Unauthorized)
     }
 }
 
@@ -27,16 +29,27 @@ pub fn router() -> Router<AppState> {
         .route("/agent/v1/report", post(report))
 }
 
-async fn enlist(State(s): State<AppState>, AgentToken(t): AgentToken, body: Bytes) -> Result<Json<EnlistResponse>, ApiError> {
+async fn enlist(
+    State(s): State<AppState>,
+    AgentToken(t): AgentToken,
+    body: Bytes,
+) -> Result<Json<EnlistResponse>, ApiError> {
     let req: EnlistRequest = parse_json(&body)?;
     Ok(Json(s.engine.agent_enlist(&t, req).await?))
 }
 
-async fn instructions(State(s): State<AppState>, AgentToken(t): AgentToken) -> Result<Json<Instructions>, ApiError> {
+async fn instructions(
+    State(s): State<AppState>,
+    AgentToken(t): AgentToken,
+) -> Result<Json<Instructions>, ApiError> {
     Ok(Json(s.engine.agent_instructions(&t).await?))
 }
 
-async fn report(State(s): State<AppState>, AgentToken(t): AgentToken, body: Bytes) -> Result<Json<ReportAck>, ApiError> {
+async fn report(
+    State(s): State<AppState>,
+    AgentToken(t): AgentToken,
+    body: Bytes,
+) -> Result<Json<ReportAck>, ApiError> {
     let r: Report = parse_json(&body)?;
     Ok(Json(s.engine.agent_report(&t, r).await?))
 }

@@ -11,24 +11,42 @@ use serde_json::json;
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{message}")]
-    BadRequest { field: Option<String>, message: String },
+    BadRequest {
+        field: Option<String>,
+        message: String,
+    },
     #[error("authentication required")]
     Unauthorized,
     #[error("{kind} {id:?} not found")]
     NotFound { kind: &'static str, id: String },
     #[error("{message}")]
-    Conflict { message: String, current: Option<NodeStatus> },
+    Conflict {
+        message: String,
+        current: Option<NodeStatus>,
+    },
     #[error("this requires an administrator")]
     Forbidden,
     #[error("{0}")]
     BadGateway(String),
+    /// No machine can serve the request right now (phoenixNAP answers 406).
+    #[error("{0}")]
+    NoCapacity(String),
+    /// The account's quota does not allow it.
+    #[error("{0}")]
+    QuotaExceeded(String),
+    /// The credential lacks the OAuth2 scope the operation needs.
+    #[error("{0}")]
+    InsufficientScope(String),
     #[error("internal error")]
     Internal,
 }
 
 impl ApiError {
     pub fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
-        ApiError::BadRequest { field: Some(field.into()), message: message.into() }
+        ApiError::BadRequest {
+            field: Some(field.into()),
+            message: message.into(),
+        }
     }
 }
 
@@ -36,9 +54,10 @@ impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         match e {
             EngineError::NotFound { kind, id } => ApiError::NotFound { kind, id },
-            EngineError::IllegalTransition(t) => {
-                ApiError::Conflict { message: t.to_string(), current: Some(t.current) }
-            }
+            EngineError::IllegalTransition(t) => ApiError::Conflict {
+                message: t.to_string(),
+                current: Some(t.current),
+            },
             EngineError::NoMatch => ApiError::Conflict {
                 message: "no machine matches the constraints".into(),
                 current: None,
@@ -59,29 +78,46 @@ impl From<EngineError> for ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let (status, code) = match &self {
+impl ApiError {
+    /// The HTTP status and the machine-readable code of this error. Other body formats (the
+    /// MAAS 2.0 API's plain-text errors) take the status from here too.
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
             ApiError::BadRequest { .. } => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
-            ApiError::Conflict { current: Some(_), .. } => (StatusCode::CONFLICT, "illegal_transition"),
+            ApiError::Conflict {
+                current: Some(_), ..
+            } => (StatusCode::CONFLICT, "illegal_transition"),
             ApiError::Conflict { .. } => (StatusCode::CONFLICT, "conflict"),
             ApiError::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::BadGateway(_) => (StatusCode::BAD_GATEWAY, "bmc_error"),
+            ApiError::NoCapacity(_) => (StatusCode::NOT_ACCEPTABLE, "no_capacity"),
+            ApiError::QuotaExceeded(_) => (StatusCode::FORBIDDEN, "quota_exceeded"),
+            ApiError::InsufficientScope(_) => (StatusCode::FORBIDDEN, "insufficient_scope"),
             ApiError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
-        };
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
         let mut err = json!({ "code": code, "message": self.to_string() });
         if let ApiError::BadRequest { field: Some(f), .. } = &self {
             err["field"] = json!(f);
         }
-        if let ApiError::Conflict { current: Some(s), .. } = &self {
+        if let ApiError::Conflict {
+            current: Some(s), ..
+        } = &self
+        {
             err["current_status"] = json!(s.code());
             err["current_status_name"] = json!(s.name());
         }
         let mut resp = (status, Json(json!({ "error": err }))).into_response();
         if status == StatusCode::UNAUTHORIZED {
-            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         resp
     }

@@ -27,15 +27,24 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/machines", get(list_machines).post(create_machine))
         .route("/api/v1/machines/{id}", get(get_machine))
         .route("/api/v1/machines/{id}/events", get(machine_events))
-        .route("/api/v1/machines/{id}/actions/{action}", post(machine_action))
-        .route("/api/v1/machines/{id}/power-parameters", put(set_power_parameters))
+        .route(
+            "/api/v1/machines/{id}/actions/{action}",
+            post(machine_action),
+        )
+        .route(
+            "/api/v1/machines/{id}/power-parameters",
+            put(set_power_parameters),
+        )
         .route("/api/v1/discoveries", get(discoveries))
         .route("/api/v1/sim/bmcs/{address}/faults", put(set_sim_faults))
         .route("/api/v1/whoami", get(whoami))
 }
 
 async fn openapi(_: Caller) -> ([(axum::http::HeaderName, &'static str); 1], &'static str) {
-    ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI)
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        OPENAPI,
+    )
 }
 
 async fn whoami(c: Caller) -> Json<Value> {
@@ -44,7 +53,10 @@ async fn whoami(c: Caller) -> Json<Value> {
 
 fn parse_id(id: &str) -> Result<MachineId, ApiError> {
     // An id that cannot exist is simply not found (no hint about the id format needed).
-    MachineId::parse(id).map_err(|_| ApiError::NotFound { kind: "machine", id: id.to_owned() })
+    MachineId::parse(id).map_err(|_| ApiError::NotFound {
+        kind: "machine",
+        id: id.to_owned(),
+    })
 }
 
 /// The native machine representation.
@@ -104,7 +116,11 @@ fn parse_status(s: &str) -> Result<NodeStatus, ApiError> {
 
 fn parse_count(field: &str, s: &Option<String>) -> Result<Option<i64>, ApiError> {
     s.as_deref()
-        .map(|v| v.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| ApiError::field(field, format!("{v:?} is not a non-negative integer"))))
+        .map(|v| {
+            v.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+                ApiError::field(field, format!("{v:?} is not a non-negative integer"))
+            })
+        })
         .transpose()
 }
 
@@ -116,22 +132,48 @@ async fn list_machines(
     // Parsed through serde to refuse unknown parameters by name.
     let q: ListQuery = serde_json::from_value(json!(raw)).map_err(|e| {
         let msg = e.to_string();
-        let field = msg.strip_prefix("unknown field `").and_then(|r| r.split('`').next()).map(str::to_owned);
-        ApiError::BadRequest { field, message: msg }
+        let field = msg
+            .strip_prefix("unknown field `")
+            .and_then(|r| r.split('`').next())
+            .map(str::to_owned);
+        ApiError::BadRequest {
+            field,
+            message: msg,
+        }
     })?;
     let mut f = MachineFilter {
-        statuses: q.status.as_deref().map(|v| v.split(',').map(parse_status).collect()).transpose()?.unwrap_or_default(),
-        hostnames: q.hostname.iter().flat_map(|h| h.split(',').map(str::to_owned)).collect(),
-        ids: q.id.iter().flat_map(|h| h.split(',').map(str::to_owned)).collect(),
+        statuses: q
+            .status
+            .as_deref()
+            .map(|v| v.split(',').map(parse_status).collect())
+            .transpose()?
+            .unwrap_or_default(),
+        hostnames: q
+            .hostname
+            .iter()
+            .flat_map(|h| h.split(',').map(str::to_owned))
+            .collect(),
+        ids: q
+            .id
+            .iter()
+            .flat_map(|h| h.split(',').map(str::to_owned))
+            .collect(),
         zone: q.zone,
         pool: q.pool,
-        tags: q.tag.iter().flat_map(|h| h.split(',').map(str::to_owned)).collect(),
+        tags: q
+            .tag
+            .iter()
+            .flat_map(|h| h.split(',').map(str::to_owned))
+            .collect(),
         limit: parse_count("limit", &q.limit)?,
         offset: parse_count("offset", &q.offset)?,
         ..Default::default()
     };
     if let Some(mac) = q.mac {
-        f.mac = Some(normalize_mac(&mac).ok_or_else(|| ApiError::field("mac", format!("{mac:?} is not a MAC address")))?);
+        f.mac = Some(
+            normalize_mac(&mac)
+                .ok_or_else(|| ApiError::field("mac", format!("{mac:?} is not a MAC address")))?,
+        );
     }
     if let Some(owner) = q.owner {
         let u = s.engine.store().user_by_name(&owner).await;
@@ -143,7 +185,12 @@ async fn list_machines(
     if !c.0.is_admin {
         f.visible_to = Some(c.0.id);
     }
-    let machines = s.engine.store().list_machines(&f).await.map_err(ingot_engine::EngineError::from)?;
+    let machines = s
+        .engine
+        .store()
+        .list_machines(&f)
+        .await
+        .map_err(ingot_engine::EngineError::from)?;
     Ok(Json(machines.iter().map(machine_json).collect()))
 }
 
@@ -167,14 +214,30 @@ pub fn validate_hostname(h: &str) -> Result<(), ApiError> {
         && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         && !h.starts_with('-')
         && !h.ends_with('-');
-    if ok { Ok(()) } else { Err(ApiError::field("hostname", format!("{h:?} is not a valid host name (letters, digits, '-', at most 63)"))) }
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::field(
+            "hostname",
+            format!("{h:?} is not a valid host name (letters, digits, '-', at most 63)"),
+        ))
+    }
 }
 
 pub fn parse_power_type(s: &str) -> Result<PowerType, ApiError> {
-    PowerType::parse(s).ok_or_else(|| ApiError::field("power_type", format!("unknown power type {s:?} (ipmi, redfish, sim, manual)")))
+    PowerType::parse(s).ok_or_else(|| {
+        ApiError::field(
+            "power_type",
+            format!("unknown power type {s:?} (ipmi, redfish, sim, manual)"),
+        )
+    })
 }
 
-async fn create_machine(State(s): State<AppState>, c: Caller, body: Bytes) -> Result<(StatusCode, Json<Value>), ApiError> {
+async fn create_machine(
+    State(s): State<AppState>,
+    c: Caller,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     if !c.0.is_admin {
         return Err(ApiError::Forbidden);
     }
@@ -184,9 +247,18 @@ async fn create_machine(State(s): State<AppState>, c: Caller, body: Bytes) -> Re
     }
     let mut macs = Vec::new();
     for (i, m) in req.mac_addresses.iter().enumerate() {
-        macs.push(normalize_mac(m).ok_or_else(|| ApiError::field(format!("mac_addresses[{i}]"), format!("{m:?} is not a MAC address")))?);
+        macs.push(normalize_mac(m).ok_or_else(|| {
+            ApiError::field(
+                format!("mac_addresses[{i}]"),
+                format!("{m:?} is not a MAC address"),
+            )
+        })?);
     }
-    let power_type = req.power_type.as_deref().map(parse_power_type).transpose()?;
+    let power_type = req
+        .power_type
+        .as_deref()
+        .map(parse_power_type)
+        .transpose()?;
     let new = NewMachine {
         hostname: req.hostname,
         power_type,
@@ -197,11 +269,20 @@ async fn create_machine(State(s): State<AppState>, c: Caller, body: Bytes) -> Re
         zone: req.zone,
         pool: req.pool,
     };
-    let m = s.engine.store().create_machine(new, &c.0.username).await.map_err(ingot_engine::EngineError::from)?;
+    let m = s
+        .engine
+        .store()
+        .create_machine(new, &c.0.username)
+        .await
+        .map_err(ingot_engine::EngineError::from)?;
     Ok((StatusCode::CREATED, Json(machine_json(&m))))
 }
 
-async fn get_machine(State(s): State<AppState>, c: Caller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn get_machine(
+    State(s): State<AppState>,
+    c: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let m = s.engine.machine_for(&c.actor(), &parse_id(&id)?).await?;
     Ok(Json(machine_json(&m)))
 }
@@ -233,10 +314,19 @@ pub fn event_json(e: &MachineEvent) -> Value {
     })
 }
 
-async fn machine_events(State(s): State<AppState>, c: Caller, Path(id): Path<String>) -> Result<Json<Vec<Value>>, ApiError> {
+async fn machine_events(
+    State(s): State<AppState>,
+    c: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<Value>>, ApiError> {
     let id = parse_id(&id)?;
     s.engine.machine_for(&c.actor(), &id).await?;
-    let events = s.engine.store().events(&id, 10_000).await.map_err(ingot_engine::EngineError::from)?;
+    let events = s
+        .engine
+        .store()
+        .events(&id, 10_000)
+        .await
+        .map_err(ingot_engine::EngineError::from)?;
     Ok(Json(events.iter().map(event_json).collect()))
 }
 
@@ -283,7 +373,10 @@ async fn machine_action(
         "allocate" => {
             parse_json::<EmptyBody>(&body)?;
             e.machine_for(&actor, &id).await?;
-            let c = AllocationConstraints { system_id: Some(id.to_string()), ..Default::default() };
+            let c = AllocationConstraints {
+                system_id: Some(id.to_string()),
+                ..Default::default()
+            };
             match e.allocate(&actor, &c).await {
                 Err(ingot_engine::EngineError::NoMatch) => {
                     let now = e.machine_for(&actor, &id).await?;
@@ -297,7 +390,17 @@ async fn machine_action(
         }
         "deploy" => {
             let b: DeployBody = parse_json(&body)?;
-            e.deploy(&actor, &id, DeployOptions { osystem: b.osystem, distro_series: b.distro_series, hwe_kernel: b.hwe_kernel, user_data: b.user_data }).await?
+            e.deploy(
+                &actor,
+                &id,
+                DeployOptions {
+                    osystem: b.osystem,
+                    distro_series: b.distro_series,
+                    hwe_kernel: b.hwe_kernel,
+                    user_data: b.user_data,
+                },
+            )
+            .await?
         }
         "release" => {
             let b: ReleaseBody = parse_json(&body)?;
@@ -309,7 +412,8 @@ async fn machine_action(
         }
         "mark-broken" => {
             let b: MessageBody = parse_json(&body)?;
-            e.mark_broken(&actor, &id, b.message.as_deref().unwrap_or("marked broken")).await?
+            e.mark_broken(&actor, &id, b.message.as_deref().unwrap_or("marked broken"))
+                .await?
         }
         "mark-fixed" => {
             parse_json::<EmptyBody>(&body)?;
@@ -327,7 +431,9 @@ async fn machine_action(
         other => {
             return Err(ApiError::field(
                 "action",
-                format!("unknown action {other:?} (commission, allocate, deploy, release, abort, mark-broken, mark-fixed, power-on, power-off, query-power-state)"),
+                format!(
+                    "unknown action {other:?} (commission, allocate, deploy, release, abort, mark-broken, mark-fixed, power-on, power-off, query-power-state)"
+                ),
             ));
         }
     };
@@ -342,28 +448,57 @@ struct PowerParametersBody {
     power_parameters: PowerParameters,
 }
 
-async fn set_power_parameters(State(s): State<AppState>, c: Caller, Path(id): Path<String>, body: Bytes) -> Result<Json<Value>, ApiError> {
+async fn set_power_parameters(
+    State(s): State<AppState>,
+    c: Caller,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
     if !c.0.is_admin {
         return Err(ApiError::Forbidden);
     }
     let id = parse_id(&id)?;
     let b: PowerParametersBody = parse_json(&body)?;
     let power_type = parse_power_type(&b.power_type)?;
-    if matches!(power_type, PowerType::Ipmi | PowerType::Redfish | PowerType::Sim) && b.power_parameters.power_address.as_deref().is_none_or(str::is_empty) {
-        return Err(ApiError::field("power_parameters.power_address", "required for this power type"));
+    if matches!(
+        power_type,
+        PowerType::Ipmi | PowerType::Redfish | PowerType::Sim
+    ) && b
+        .power_parameters
+        .power_address
+        .as_deref()
+        .is_none_or(str::is_empty)
+    {
+        return Err(ApiError::field(
+            "power_parameters.power_address",
+            "required for this power type",
+        ));
     }
     if let Some(d) = &b.power_parameters.power_driver
         && !matches!(d.as_str(), "LAN_2_0" | "LAN")
     {
-        return Err(ApiError::field("power_parameters.power_driver", format!("{d:?} is not LAN_2_0 or LAN")));
+        return Err(ApiError::field(
+            "power_parameters.power_driver",
+            format!("{d:?} is not LAN_2_0 or LAN"),
+        ));
     }
     s.engine.machine_for(&c.actor(), &id).await?;
-    let m = s.engine.store().set_power_parameters(&id, power_type, &b.power_parameters, &c.0.username).await.map_err(ingot_engine::EngineError::from)?;
+    let m = s
+        .engine
+        .store()
+        .set_power_parameters(&id, power_type, &b.power_parameters, &c.0.username)
+        .await
+        .map_err(ingot_engine::EngineError::from)?;
     Ok(Json(machine_json(&m)))
 }
 
 async fn discoveries(State(s): State<AppState>, _c: Caller) -> Result<Json<Vec<Value>>, ApiError> {
-    let list = s.engine.store().discoveries().await.map_err(ingot_engine::EngineError::from)?;
+    let list = s
+        .engine
+        .store()
+        .discoveries()
+        .await
+        .map_err(ingot_engine::EngineError::from)?;
     Ok(Json(
         list.iter()
             .map(|d| {
@@ -380,14 +515,25 @@ async fn discoveries(State(s): State<AppState>, _c: Caller) -> Result<Json<Vec<V
     ))
 }
 
-async fn set_sim_faults(State(s): State<AppState>, c: Caller, Path(address): Path<String>, body: Bytes) -> Result<Json<Value>, ApiError> {
+async fn set_sim_faults(
+    State(s): State<AppState>,
+    c: Caller,
+    Path(address): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
     if !c.0.is_admin {
         return Err(ApiError::Forbidden);
     }
     let faults: Faults = parse_json(&body)?;
-    let sim = s.sim.as_ref().ok_or(ApiError::NotFound { kind: "sim BMC", id: address.clone() })?;
+    let sim = s.sim.as_ref().ok_or(ApiError::NotFound {
+        kind: "sim BMC",
+        id: address.clone(),
+    })?;
     if !sim.set_faults(&address, faults.clone()) {
-        return Err(ApiError::NotFound { kind: "sim BMC", id: address });
+        return Err(ApiError::NotFound {
+            kind: "sim BMC",
+            id: address,
+        });
     }
     Ok(Json(json!({ "address": address, "faults": faults })))
 }

@@ -63,7 +63,11 @@ impl Default for SimRegistry {
 impl SimRegistry {
     pub fn new(timeout: Duration) -> Self {
         let (events, _) = broadcast::channel(65536);
-        Self { inner: Arc::default(), events, timeout }
+        Self {
+            inner: Arc::default(),
+            events,
+            timeout,
+        }
     }
 
     /// Creates (or keeps) a sim BMC at `address` with this password, powered off.
@@ -90,7 +94,11 @@ impl SimRegistry {
     }
 
     pub fn faults(&self, address: &str) -> Option<Faults> {
-        self.inner.lock().unwrap().get(address).map(|s| s.faults.clone())
+        self.inner
+            .lock()
+            .unwrap()
+            .get(address)
+            .map(|s| s.faults.clone())
     }
 
     /// The power state as the "hardware" has it (not through the driver, so no faults).
@@ -99,11 +107,19 @@ impl SimRegistry {
     }
 
     pub fn boot_device(&self, address: &str) -> Option<(BootDevice, BootPersistence)> {
-        self.inner.lock().unwrap().get(address).map(|s| (s.boot_device, s.boot_persistence))
+        self.inner
+            .lock()
+            .unwrap()
+            .get(address)
+            .map(|s| (s.boot_device, s.boot_persistence))
     }
 
     pub fn calls(&self, address: &str) -> u64 {
-        self.inner.lock().unwrap().get(address).map_or(0, |s| s.calls)
+        self.inner
+            .lock()
+            .unwrap()
+            .get(address)
+            .map_or(0, |s| s.calls)
     }
 
     /// The machine turned itself off (e.g. its agent ran `poweroff`).
@@ -122,7 +138,9 @@ impl SimRegistry {
         let address = params
             .power_address
             .clone()
-            .ok_or(PowerError::MissingParameter { field: "power_address" })?;
+            .ok_or(PowerError::MissingParameter {
+                field: "power_address",
+            })?;
         Ok(SimDriver {
             registry: self.clone(),
             address,
@@ -147,10 +165,12 @@ impl SimDriver {
     ) -> Result<T, PowerError> {
         let (faults, timeout) = {
             let mut map = self.registry.inner.lock().unwrap();
-            let state = map.get_mut(&self.address).ok_or_else(|| PowerError::Unreachable {
-                address: self.address.clone(),
-                detail: "no BMC at this address".into(),
-            })?;
+            let state = map
+                .get_mut(&self.address)
+                .ok_or_else(|| PowerError::Unreachable {
+                    address: self.address.clone(),
+                    detail: "no BMC at this address".into(),
+                })?;
             state.calls += 1;
             (state.faults.clone(), self.registry.timeout)
         };
@@ -164,18 +184,25 @@ impl SimDriver {
             let delay = Duration::from_millis(faults.delay_ms);
             if delay >= timeout {
                 tokio::time::sleep(timeout).await;
-                return Err(PowerError::Timeout { address: self.address.clone(), after: timeout });
+                return Err(PowerError::Timeout {
+                    address: self.address.clone(),
+                    after: timeout,
+                });
             }
             tokio::time::sleep(delay).await;
         }
         let (out, event) = {
             let mut map = self.registry.inner.lock().unwrap();
-            let state = map.get_mut(&self.address).ok_or_else(|| PowerError::Unreachable {
-                address: self.address.clone(),
-                detail: "BMC removed".into(),
-            })?;
+            let state = map
+                .get_mut(&self.address)
+                .ok_or_else(|| PowerError::Unreachable {
+                    address: self.address.clone(),
+                    detail: "BMC removed".into(),
+                })?;
             if state.password != self.password {
-                return Err(PowerError::AuthFailed { user: self.user.clone() });
+                return Err(PowerError::AuthFailed {
+                    user: self.user.clone(),
+                });
             }
             if faults.stuck {
                 // Accept the call, change nothing.
@@ -192,7 +219,10 @@ impl SimDriver {
         Ok(out)
     }
 
-    fn power_to(&self, target: PowerState) -> impl FnOnce(&mut BmcState) -> ((), Option<PowerEvent>) {
+    fn power_to(
+        &self,
+        target: PowerState,
+    ) -> impl FnOnce(&mut BmcState) -> ((), Option<PowerEvent>) {
         let address = self.address.clone();
         move |s| {
             let was = s.power;
@@ -202,7 +232,11 @@ impl SimDriver {
                 s.boot_device = BootDevice::Disk;
                 s.boot_persistence = BootPersistence::Persistent;
             }
-            let event = (was != target).then_some(PowerEvent { address, state: target, boot_device });
+            let event = (was != target).then_some(PowerEvent {
+                address,
+                state: target,
+                boot_device,
+            });
             ((), event)
         }
     }
@@ -231,7 +265,14 @@ impl PowerDriver for SimDriver {
                 s.boot_persistence = BootPersistence::Persistent;
             }
             s.power = PowerState::On;
-            ((), Some(PowerEvent { address, state: PowerState::On, boot_device }))
+            (
+                (),
+                Some(PowerEvent {
+                    address,
+                    state: PowerState::On,
+                    boot_device,
+                }),
+            )
         })
         .await
     }
@@ -274,13 +315,21 @@ mod tests {
         let mut events = reg.subscribe();
         let d = reg.driver(&params("bmc1", "pw")).unwrap();
         assert_eq!(d.power_state().await.unwrap(), PowerState::Off);
-        d.set_boot_device(BootDevice::Pxe, BootPersistence::Once).await.unwrap();
+        d.set_boot_device(BootDevice::Pxe, BootPersistence::Once)
+            .await
+            .unwrap();
         d.power_on().await.unwrap();
         assert_eq!(d.power_state().await.unwrap(), PowerState::On);
         let ev = events.try_recv().unwrap();
-        assert_eq!((ev.state, ev.boot_device), (PowerState::On, BootDevice::Pxe));
+        assert_eq!(
+            (ev.state, ev.boot_device),
+            (PowerState::On, BootDevice::Pxe)
+        );
         // The once-override was consumed by that boot.
-        assert_eq!(reg.boot_device("bmc1"), Some((BootDevice::Disk, BootPersistence::Persistent)));
+        assert_eq!(
+            reg.boot_device("bmc1"),
+            Some((BootDevice::Disk, BootPersistence::Persistent))
+        );
         d.power_off().await.unwrap();
         assert_eq!(reg.actual_state("bmc1"), Some(PowerState::Off));
     }
@@ -290,23 +339,62 @@ mod tests {
         let reg = SimRegistry::new(Duration::from_millis(50));
         reg.add("bmc1", "pw");
         let wrong = reg.driver(&params("bmc1", "nope")).unwrap();
-        assert!(matches!(wrong.power_on().await, Err(PowerError::AuthFailed { .. })));
+        assert!(matches!(
+            wrong.power_on().await,
+            Err(PowerError::AuthFailed { .. })
+        ));
         assert_eq!(reg.actual_state("bmc1"), Some(PowerState::Off));
 
         let d = reg.driver(&params("bmc1", "pw")).unwrap();
-        reg.set_faults("bmc1", Faults { unreachable: true, ..Default::default() });
-        assert!(matches!(d.power_state().await, Err(PowerError::Unreachable { .. })));
+        reg.set_faults(
+            "bmc1",
+            Faults {
+                unreachable: true,
+                ..Default::default()
+            },
+        );
+        assert!(matches!(
+            d.power_state().await,
+            Err(PowerError::Unreachable { .. })
+        ));
 
-        reg.set_faults("bmc1", Faults { delay_ms: 10_000, ..Default::default() });
-        assert!(matches!(d.power_on().await, Err(PowerError::Timeout { .. })));
+        reg.set_faults(
+            "bmc1",
+            Faults {
+                delay_ms: 10_000,
+                ..Default::default()
+            },
+        );
+        assert!(matches!(
+            d.power_on().await,
+            Err(PowerError::Timeout { .. })
+        ));
 
-        reg.set_faults("bmc1", Faults { stuck: true, ..Default::default() });
+        reg.set_faults(
+            "bmc1",
+            Faults {
+                stuck: true,
+                ..Default::default()
+            },
+        );
         d.power_on().await.unwrap();
-        assert_eq!(reg.actual_state("bmc1"), Some(PowerState::Off), "stuck BMC changed nothing");
+        assert_eq!(
+            reg.actual_state("bmc1"),
+            Some(PowerState::Off),
+            "stuck BMC changed nothing"
+        );
 
         let missing = reg.driver(&params("nowhere", "pw")).unwrap();
-        assert!(matches!(missing.power_on().await, Err(PowerError::Unreachable { .. })));
+        assert!(matches!(
+            missing.power_on().await,
+            Err(PowerError::Unreachable { .. })
+        ));
         let no_addr = reg.driver(&PowerParameters::default());
-        assert!(matches!(no_addr, Err(PowerError::MissingParameter { field: "power_address" })));
+        assert!(matches!(
+            no_addr,
+            Err(PowerError::MissingParameter {
+                field: "power_address"
+            })
+        ));
     }
 }

@@ -8,8 +8,10 @@
 //!   status, so no workflow waits forever on a broken BMC. Deadlines catch silent machines.
 
 mod agent;
+mod metadata;
 mod power_sync;
 
+pub use metadata::{SignalStatus, StatusEvent};
 pub use power_sync::{PowerSync, SyncReport};
 
 use bmc_power::{DriverFactory, PowerDriver, PowerError};
@@ -67,7 +69,11 @@ pub enum EngineError {
     #[error("{field}: {message}")]
     InvalidInput { field: String, message: String },
     #[error("{kind} with {field} {value:?} already exists")]
-    Conflict { kind: &'static str, field: &'static str, value: String },
+    Conflict {
+        kind: &'static str,
+        field: &'static str,
+        value: String,
+    },
     #[error("this requires an administrator")]
     Forbidden,
     #[error("invalid or expired agent credential")]
@@ -84,7 +90,9 @@ impl From<StoreError> for EngineError {
             StoreError::NotFound { kind, id } => EngineError::NotFound { kind, id },
             StoreError::IllegalTransition(t) => EngineError::IllegalTransition(t),
             StoreError::NoMatch => EngineError::NoMatch,
-            StoreError::Conflict { kind, field, value } => EngineError::Conflict { kind, field, value },
+            StoreError::Conflict { kind, field, value } => {
+                EngineError::Conflict { kind, field, value }
+            }
             other => EngineError::Store(other),
         }
     }
@@ -109,10 +117,16 @@ pub struct Actor {
 
 impl Actor {
     pub fn user(u: &User) -> Self {
-        Actor { user: Some(u.clone()), name: u.username.clone() }
+        Actor {
+            user: Some(u.clone()),
+            name: u.username.clone(),
+        }
     }
     pub fn system(name: &str) -> Self {
-        Actor { user: None, name: name.to_owned() }
+        Actor {
+            user: None,
+            name: name.to_owned(),
+        }
     }
     fn is_admin(&self) -> bool {
         self.user.as_ref().is_none_or(|u| u.is_admin)
@@ -133,7 +147,11 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(store: Store, drivers: Arc<dyn DriverFactory>, cfg: EngineConfig) -> Self {
-        Self { store, drivers, cfg: Arc::new(cfg) }
+        Self {
+            store,
+            drivers,
+            cfg: Arc::new(cfg),
+        }
     }
 
     pub fn store(&self) -> &Store {
@@ -145,7 +163,10 @@ impl Engine {
     }
 
     /// Starts the deadline sweeper and the power-state sync loop until `shutdown`.
-    pub fn spawn_background(&self, shutdown: CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
+    pub fn spawn_background(
+        &self,
+        shutdown: CancellationToken,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
         let mut tasks = Vec::new();
         let me = self.clone();
         let stop = shutdown.clone();
@@ -170,7 +191,9 @@ impl Engine {
                 self.cfg.power_sync_per_bmc,
             );
             let interval = self.cfg.power_sync_interval;
-            tasks.push(tokio::spawn(async move { sync.run(interval, shutdown).await }));
+            tasks.push(tokio::spawn(
+                async move { sync.run(interval, shutdown).await },
+            ));
         }
         tasks
     }
@@ -179,17 +202,25 @@ impl Engine {
     pub async fn machine_for(&self, actor: &Actor, id: &MachineId) -> Result<Machine, EngineError> {
         let m = self.store.machine(id).await?;
         if !actor.can_see(&m) {
-            return Err(EngineError::NotFound { kind: "machine", id: id.to_string() });
+            return Err(EngineError::NotFound {
+                kind: "machine",
+                id: id.to_string(),
+            });
         }
         Ok(m)
     }
 
     fn require_admin(actor: &Actor) -> Result<(), EngineError> {
-        if actor.is_admin() { Ok(()) } else { Err(EngineError::Forbidden) }
+        if actor.is_admin() {
+            Ok(())
+        } else {
+            Err(EngineError::Forbidden)
+        }
     }
 
     fn deadline(&self, after: Duration) -> Set<Option<i64>> {
-        let ms = chrono::Utc::now().timestamp_millis() + i64::try_from(after.as_millis()).unwrap_or(i64::MAX / 4);
+        let ms = chrono::Utc::now().timestamp_millis()
+            + i64::try_from(after.as_millis()).unwrap_or(i64::MAX / 4);
         Set::To(Some(ms))
     }
 
@@ -203,7 +234,10 @@ impl Engine {
             clear_boot_token: true,
             ..Default::default()
         };
-        let m = self.store.transition(id, Trigger::Commission, &actor.name, "", &effects).await?;
+        let m = self
+            .store
+            .transition(id, Trigger::Commission, &actor.name, "", &effects)
+            .await?;
         self.spawn_netboot(m.id.clone(), Trigger::CommissioningFailed);
         Ok(m)
     }
@@ -214,7 +248,10 @@ impl Engine {
         constraints: &AllocationConstraints,
     ) -> Result<Machine, EngineError> {
         let owner = actor.user.as_ref().ok_or(EngineError::Forbidden)?;
-        Ok(self.store.allocate(constraints, owner.id, &actor.name).await?)
+        Ok(self
+            .store
+            .allocate(constraints, owner.id, &actor.name)
+            .await?)
     }
 
     /// Deploys an Allocated machine (or allocates a Ready one first, as MAAS does).
@@ -226,17 +263,30 @@ impl Engine {
     ) -> Result<Machine, EngineError> {
         let m = self.machine_for(actor, id).await?;
         if m.status == NodeStatus::Ready {
-            let c = AllocationConstraints { system_id: Some(id.to_string()), ..Default::default() };
+            let c = AllocationConstraints {
+                system_id: Some(id.to_string()),
+                ..Default::default()
+            };
             match self.allocate(actor, &c).await {
                 Ok(_) => {}
                 Err(EngineError::NoMatch) => {
                     let now = self.store.machine(id).await?;
-                    return Err(IllegalTransition { current: now.status, trigger: Trigger::Deploy }.into());
+                    return Err(IllegalTransition {
+                        current: now.status,
+                        trigger: Trigger::Deploy,
+                    }
+                    .into());
                 }
                 Err(e) => return Err(e),
             }
-        } else if m.owner.is_some() && m.owner != actor.user.as_ref().map(|u| u.id) && !actor.is_admin() {
-            return Err(EngineError::NotFound { kind: "machine", id: id.to_string() });
+        } else if m.owner.is_some()
+            && m.owner != actor.user.as_ref().map(|u| u.id)
+            && !actor.is_admin()
+        {
+            return Err(EngineError::NotFound {
+                kind: "machine",
+                id: id.to_string(),
+            });
         }
         let effects = Effects {
             deadline_ms: self.deadline(self.cfg.deploy_timeout),
@@ -248,21 +298,36 @@ impl Engine {
             require_owner: actor.user.as_ref().filter(|u| !u.is_admin).map(|u| u.id),
             ..Default::default()
         };
-        let m = self.store.transition(id, Trigger::Deploy, &actor.name, "", &effects).await?;
+        let m = self
+            .store
+            .transition(id, Trigger::Deploy, &actor.name, "", &effects)
+            .await?;
         self.spawn_netboot(m.id.clone(), Trigger::DeployFailed);
         Ok(m)
     }
 
-    pub async fn release(&self, actor: &Actor, id: &MachineId, erase: bool) -> Result<Machine, EngineError> {
+    pub async fn release(
+        &self,
+        actor: &Actor,
+        id: &MachineId,
+        erase: bool,
+    ) -> Result<Machine, EngineError> {
         self.machine_for(actor, id).await?;
-        let timeout = if erase { self.cfg.commission_timeout } else { self.cfg.release_timeout };
+        let timeout = if erase {
+            self.cfg.commission_timeout
+        } else {
+            self.cfg.release_timeout
+        };
         let effects = Effects {
             deadline_ms: self.deadline(timeout),
             clear_boot_token: true,
             require_owner: actor.user.as_ref().filter(|u| !u.is_admin).map(|u| u.id),
             ..Default::default()
         };
-        let m = self.store.transition(id, Trigger::Release { erase }, &actor.name, "", &effects).await?;
+        let m = self
+            .store
+            .transition(id, Trigger::Release { erase }, &actor.name, "", &effects)
+            .await?;
         if erase {
             self.spawn_netboot(m.id.clone(), Trigger::EraseFailed);
         } else {
@@ -273,26 +338,53 @@ impl Engine {
 
     pub async fn abort(&self, actor: &Actor, id: &MachineId) -> Result<Machine, EngineError> {
         self.machine_for(actor, id).await?;
-        let effects = Effects { deadline_ms: Set::To(None), clear_boot_token: true, ..Default::default() };
-        let m = self.store.transition(id, Trigger::Abort, &actor.name, "aborted", &effects).await?;
+        let effects = Effects {
+            deadline_ms: Set::To(None),
+            clear_boot_token: true,
+            ..Default::default()
+        };
+        let m = self
+            .store
+            .transition(id, Trigger::Abort, &actor.name, "aborted", &effects)
+            .await?;
         self.spawn_power(m.id.clone(), PowerOp::Off);
         Ok(m)
     }
 
-    pub async fn mark_broken(&self, actor: &Actor, id: &MachineId, why: &str) -> Result<Machine, EngineError> {
+    pub async fn mark_broken(
+        &self,
+        actor: &Actor,
+        id: &MachineId,
+        why: &str,
+    ) -> Result<Machine, EngineError> {
         self.machine_for(actor, id).await?;
-        let effects = Effects { deadline_ms: Set::To(None), clear_boot_token: true, ..Default::default() };
-        Ok(self.store.transition(id, Trigger::MarkBroken, &actor.name, why, &effects).await?)
+        let effects = Effects {
+            deadline_ms: Set::To(None),
+            clear_boot_token: true,
+            ..Default::default()
+        };
+        Ok(self
+            .store
+            .transition(id, Trigger::MarkBroken, &actor.name, why, &effects)
+            .await?)
     }
 
     pub async fn mark_fixed(&self, actor: &Actor, id: &MachineId) -> Result<Machine, EngineError> {
         Self::require_admin(actor)?;
         self.machine_for(actor, id).await?;
-        Ok(self.store.transition(id, Trigger::MarkFixed, &actor.name, "", &Effects::default()).await?)
+        Ok(self
+            .store
+            .transition(id, Trigger::MarkFixed, &actor.name, "", &Effects::default())
+            .await?)
     }
 
     /// Power on/off now, waiting for the BMC's answer.
-    pub async fn power(&self, actor: &Actor, id: &MachineId, on: bool) -> Result<Machine, EngineError> {
+    pub async fn power(
+        &self,
+        actor: &Actor,
+        id: &MachineId,
+        on: bool,
+    ) -> Result<Machine, EngineError> {
         let m = self.machine_for(actor, id).await?;
         if !actor.is_admin() && m.owner != actor.user.as_ref().map(|u| u.id) {
             return Err(EngineError::Forbidden);
@@ -303,7 +395,11 @@ impl Engine {
     }
 
     /// Queries the BMC and records the answer (MAAS `query_power_state`).
-    pub async fn query_power(&self, actor: &Actor, id: &MachineId) -> Result<PowerState, EngineError> {
+    pub async fn query_power(
+        &self,
+        actor: &Actor,
+        id: &MachineId,
+    ) -> Result<PowerState, EngineError> {
         self.machine_for(actor, id).await?;
         let driver = self.driver(id).await?;
         match driver.power_state().await {
@@ -312,7 +408,9 @@ impl Engine {
                 Ok(state)
             }
             Err(e) => {
-                self.store.set_power_state(id, PowerState::Error, Some(&e.to_string())).await?;
+                self.store
+                    .set_power_state(id, PowerState::Error, Some(&e.to_string()))
+                    .await?;
                 Err(e.into())
             }
         }
@@ -331,7 +429,12 @@ impl Engine {
         match self.store.machine_by_mac(&mac).await? {
             None => {
                 let token = self.store.issue_enlist_token(&mac, ttl).await?;
-                Ok(BootDecision { purpose: BootPurpose::Enlist, machine_id: None, boot_token: Some(token), region_url })
+                Ok(BootDecision {
+                    purpose: BootPurpose::Enlist,
+                    machine_id: None,
+                    boot_token: Some(token),
+                    region_url,
+                })
             }
             Some(m) => {
                 let purpose = boot_purpose(m.status);
@@ -341,7 +444,12 @@ impl Engine {
                     BootPurpose::LocalDisk => None,
                     _ => Some(self.store.issue_boot_token(&m.id, ttl).await?),
                 };
-                Ok(BootDecision { purpose, machine_id: Some(m.id), boot_token, region_url })
+                Ok(BootDecision {
+                    purpose,
+                    machine_id: Some(m.id),
+                    boot_token,
+                    region_url,
+                })
             }
         }
     }
@@ -357,9 +465,20 @@ impl Engine {
         let overdue = self.store.overdue_machines().await?;
         let mut failed = 0;
         for m in overdue {
-            let effects = Effects { deadline_ms: Set::To(None), clear_boot_token: true, ..Default::default() };
-            let msg = format!("timed out: no word from the machine while {}", m.status.name().to_lowercase());
-            match self.store.transition(&m.id, Trigger::TimedOut, "engine", &msg, &effects).await {
+            let effects = Effects {
+                deadline_ms: Set::To(None),
+                clear_boot_token: true,
+                ..Default::default()
+            };
+            let msg = format!(
+                "timed out: no word from the machine while {}",
+                m.status.name().to_lowercase()
+            );
+            match self
+                .store
+                .transition(&m.id, Trigger::TimedOut, "engine", &msg, &effects)
+                .await
+            {
                 Ok(_) => {
                     failed += 1;
                     tracing::warn!(machine = %m.id, status = %m.status, "workflow timed out");
@@ -385,7 +504,14 @@ impl Engine {
         let (power_type, _) = self.store.power_credentials(id).await?;
         if power_type == PowerType::Manual {
             // Nothing to drive; the operator powers the machine by hand.
-            self.store.record_event(id, "engine", "power", &format!("manual power type: {op} the machine by hand")).await?;
+            self.store
+                .record_event(
+                    id,
+                    "engine",
+                    "power",
+                    &format!("manual power type: {op} the machine by hand"),
+                )
+                .await?;
             return Ok(());
         }
         let result = async {
@@ -394,7 +520,8 @@ impl Engine {
                 PowerOp::On => d.power_on().await?,
                 PowerOp::Off => d.power_off().await?,
                 PowerOp::NetbootCycle => {
-                    d.set_boot_device(BootDevice::Pxe, BootPersistence::Once).await?;
+                    d.set_boot_device(BootDevice::Pxe, BootPersistence::Once)
+                        .await?;
                     match d.power_state().await? {
                         PowerState::On => d.power_cycle().await?,
                         _ => d.power_on().await?,
@@ -406,15 +533,23 @@ impl Engine {
         .await;
         match result {
             Ok(()) => {
-                let state = if matches!(op, PowerOp::Off) { PowerState::Off } else { PowerState::On };
+                let state = if matches!(op, PowerOp::Off) {
+                    PowerState::Off
+                } else {
+                    PowerState::On
+                };
                 self.store.set_power_state(id, state, None).await?;
-                self.store.record_event(id, "engine", "power", &format!("{op}: done")).await?;
+                self.store
+                    .record_event(id, "engine", "power", &format!("{op}: done"))
+                    .await?;
                 Ok(())
             }
             Err(e) => {
                 let msg = format!("{op} failed: {}", error_chain(&e));
                 tracing::warn!(machine = %id, error = %msg, "power action failed");
-                self.store.set_power_state(id, PowerState::Error, Some(&msg)).await?;
+                self.store
+                    .set_power_state(id, PowerState::Error, Some(&msg))
+                    .await?;
                 self.store.record_event(id, "engine", "power", &msg).await?;
                 Err(e)
             }
@@ -433,9 +568,17 @@ impl Engine {
         let me = self.clone();
         tokio::spawn(async move {
             if let Err(e) = me.run_power(&id, PowerOp::NetbootCycle).await {
-                let effects = Effects { deadline_ms: Set::To(None), clear_boot_token: true, ..Default::default() };
+                let effects = Effects {
+                    deadline_ms: Set::To(None),
+                    clear_boot_token: true,
+                    ..Default::default()
+                };
                 let msg = format!("could not power the machine on: {}", error_chain(&e));
-                if let Err(e) = me.store.transition(&id, on_fail, "engine", &msg, &effects).await {
+                if let Err(e) = me
+                    .store
+                    .transition(&id, on_fail, "engine", &msg, &effects)
+                    .await
+                {
                     tracing::warn!(machine = %id, error = %e, "could not record netboot failure");
                 }
             }
@@ -457,10 +600,17 @@ impl Engine {
                 Err(e) => (
                     Trigger::ReleaseFailed,
                     format!("release failed: {}", error_chain(&e)),
-                    Effects { deadline_ms: Set::To(None), ..Default::default() },
+                    Effects {
+                        deadline_ms: Set::To(None),
+                        ..Default::default()
+                    },
                 ),
             };
-            if let Err(e) = me.store.transition(&id, trigger, "engine", &msg, &effects).await {
+            if let Err(e) = me
+                .store
+                .transition(&id, trigger, "engine", &msg, &effects)
+                .await
+            {
                 tracing::warn!(machine = %id, error = %e, "release completion not recorded");
             }
         });

@@ -33,7 +33,12 @@ pub struct SyncReport {
 }
 
 impl PowerSync {
-    pub fn new(store: Store, drivers: Arc<dyn DriverFactory>, global_limit: usize, per_bmc_limit: usize) -> Self {
+    pub fn new(
+        store: Store,
+        drivers: Arc<dyn DriverFactory>,
+        global_limit: usize,
+        per_bmc_limit: usize,
+    ) -> Self {
         Self {
             store,
             drivers,
@@ -63,15 +68,30 @@ impl PowerSync {
         let in_flight = Arc::new(AtomicUsize::new(0));
         let max_in_flight = Arc::new(AtomicUsize::new(0));
         let mut jobs = FuturesUnordered::new();
-        for m in machines.into_iter().filter(|m| m.power_type != PowerType::Manual) {
-            let key = bmc_key(m.power_parameters.power_address.as_deref().unwrap_or(m.id.as_str()));
-            let bmc = per_bmc.entry(key).or_insert_with(|| Arc::new(Semaphore::new(self.per_bmc_limit))).clone();
-            let (global, in_flight, max_in_flight) = (global.clone(), in_flight.clone(), max_in_flight.clone());
+        for m in machines
+            .into_iter()
+            .filter(|m| m.power_type != PowerType::Manual)
+        {
+            let key = bmc_key(
+                m.power_parameters
+                    .power_address
+                    .as_deref()
+                    .unwrap_or(m.id.as_str()),
+            );
+            let bmc = per_bmc
+                .entry(key)
+                .or_insert_with(|| Arc::new(Semaphore::new(self.per_bmc_limit)))
+                .clone();
+            let (global, in_flight, max_in_flight) =
+                (global.clone(), in_flight.clone(), max_in_flight.clone());
             let this = self.clone();
             jobs.push(async move {
                 // Per-BMC first, so a slow BMC's queue does not hold global permits.
                 let _b = bmc.acquire_owned().await.expect("semaphore never closed");
-                let _g = global.acquire_owned().await.expect("semaphore never closed");
+                let _g = global
+                    .acquire_owned()
+                    .await
+                    .expect("semaphore never closed");
                 let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
                 max_in_flight.fetch_max(now, Ordering::SeqCst);
                 let outcome = this.query_one(&m.id).await;
@@ -110,7 +130,11 @@ impl PowerSync {
         let ok = answer.is_ok();
         let recorded = match answer {
             Ok(state) => self.store.set_power_state(id, state, None).await,
-            Err(msg) => self.store.set_power_state(id, PowerState::Error, Some(&msg)).await,
+            Err(msg) => {
+                self.store
+                    .set_power_state(id, PowerState::Error, Some(&msg))
+                    .await
+            }
         };
         match recorded {
             Ok(()) | Err(StoreError::NotFound { .. }) => Ok(ok),
@@ -125,7 +149,9 @@ fn bmc_key(address: &str) -> String {
     let a = a.split("://").last().unwrap_or(&a).to_owned();
     let host = a.split('/').next().unwrap_or(&a);
     match host.rsplit_once(':') {
-        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) && !h.contains(':') => h.to_owned(),
+        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) && !h.contains(':') => {
+            h.to_owned()
+        }
         _ => host.to_owned(),
     }
 }

@@ -33,7 +33,11 @@ struct CountingDriver {
 }
 
 impl DriverFactory for Counting {
-    fn driver_for(&self, t: PowerType, p: &PowerParameters) -> Result<Arc<dyn PowerDriver>, PowerError> {
+    fn driver_for(
+        &self,
+        t: PowerType,
+        p: &PowerParameters,
+    ) -> Result<Arc<dyn PowerDriver>, PowerError> {
         Ok(Arc::new(CountingDriver {
             inner: self.inner.driver_for(t, p)?,
             address: p.power_address.clone().unwrap_or_default(),
@@ -69,7 +73,13 @@ impl PowerDriver for CountingDriver {
             e.1 = e.1.max(e.0);
         }
         let r = self.inner.power_state().await;
-        self.meter.per_bmc.lock().unwrap().get_mut(&self.address).unwrap().0 -= 1;
+        self.meter
+            .per_bmc
+            .lock()
+            .unwrap()
+            .get_mut(&self.address)
+            .unwrap()
+            .0 -= 1;
         self.meter.now.fetch_sub(1, Ordering::SeqCst);
         r
     }
@@ -86,25 +96,42 @@ async fn sync_respects_bounds_and_survives_hanging_bmcs() {
     let mut hanging = Vec::new();
     for i in 0..MACHINES {
         // Machines 0..20 share one chassis BMC (per-BMC bound matters there).
-        let address = if i < 20 { "chassis-1".to_owned() } else { format!("bmc-{i}") };
+        let address = if i < 20 {
+            "chassis-1".to_owned()
+        } else {
+            format!("bmc-{i}")
+        };
         sim.add(&address, "pw");
         let faults = if i >= 20 && i % 10 == 0 {
             hanging.push(address.clone());
-            Faults { delay_ms: 10_000, ..Default::default() }
+            Faults {
+                delay_ms: 10_000,
+                ..Default::default()
+            }
         } else {
-            Faults { delay_ms: 5, ..Default::default() }
+            Faults {
+                delay_ms: 5,
+                ..Default::default()
+            }
         };
         sim.set_faults(&address, faults);
         let new = NewMachine {
             hostname: Some(format!("m{i}")),
             power_type: Some(PowerType::Sim),
-            power_parameters: PowerParameters { power_address: Some(address), power_pass: Some("pw".into()), ..Default::default() },
+            power_parameters: PowerParameters {
+                power_address: Some(address),
+                power_pass: Some("pw".into()),
+                ..Default::default()
+            },
             ..Default::default()
         };
         store.create_machine(new, "test").await.unwrap();
     }
     let meter = Arc::new(Meter::default());
-    let factory = Arc::new(Counting { inner: Drivers { sim: sim.clone() }, meter: meter.clone() });
+    let factory = Arc::new(Counting {
+        inner: Drivers { sim: sim.clone() },
+        meter: meter.clone(),
+    });
     let sync = PowerSync::new(store.clone(), factory, GLOBAL, 1);
     let started = Instant::now();
     let report = sync.run_once().await.unwrap();
@@ -115,9 +142,15 @@ async fn sync_respects_bounds_and_survives_hanging_bmcs() {
     assert_eq!(report.ok, MACHINES - hanging.len());
     let peak = meter.peak.load(Ordering::SeqCst);
     assert!(peak <= GLOBAL, "global bound exceeded: {peak}");
-    assert!(peak > 1, "the loop should run calls in parallel (peak {peak})");
+    assert!(
+        peak > 1,
+        "the loop should run calls in parallel (peak {peak})"
+    );
     let per_bmc = meter.per_bmc.lock().unwrap();
-    assert!(per_bmc.values().all(|(_, max)| *max <= 1), "per-BMC bound exceeded");
+    assert!(
+        per_bmc.values().all(|(_, max)| *max <= 1),
+        "per-BMC bound exceeded"
+    );
     // 18 hangs × 200 ms spread over 16 lanes, 20 serial chassis calls: far below serial time.
     assert!(took < Duration::from_secs(5), "took {took:?}");
 
@@ -126,9 +159,18 @@ async fn sync_respects_bounds_and_survives_hanging_bmcs() {
         let addr = m.power_parameters.power_address.clone().unwrap();
         if hanging.contains(&addr) {
             assert_eq!(m.power_state, PowerState::Error, "{}", m.hostname);
-            assert!(m.power_error.as_deref().unwrap().contains("did not answer"), "{:?}", m.power_error);
+            assert!(
+                m.power_error.as_deref().unwrap().contains("did not answer"),
+                "{:?}",
+                m.power_error
+            );
         } else {
-            assert_eq!((m.power_state, m.power_error), (PowerState::Off, None), "{}", m.hostname);
+            assert_eq!(
+                (m.power_state, m.power_error),
+                (PowerState::Off, None),
+                "{}",
+                m.hostname
+            );
         }
     }
 }

@@ -24,29 +24,41 @@ pub struct DbArgs {
 
 impl DbArgs {
     pub fn data_dir(&self) -> PathBuf {
-        self.data_dir.clone().unwrap_or_else(|| PathBuf::from("./ingot-data"))
+        self.data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("./ingot-data"))
     }
 
     pub fn database_url(&self) -> String {
-        self.database_url.clone().unwrap_or_else(|| format!("sqlite://{}?mode=rwc", self.data_dir().join("ingot.db").display()))
+        self.database_url.clone().unwrap_or_else(|| {
+            format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir().join("ingot.db").display()
+            )
+        })
     }
 
     pub async fn open(&self) -> Result<Store> {
         let dir = self.data_dir();
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating data dir {}", dir.display()))?;
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("creating data dir {}", dir.display()))?;
         let key = match &self.secret_key {
             Some(hex) => SecretKey::from_hex(hex).context("--secret-key must be 64 hex digits")?,
             None => load_or_create_key(&dir.join("secret.key"))?,
         };
         let url = self.database_url();
-        Store::connect(&url, key).await.with_context(|| format!("opening database {}", redact_url(&url)))
+        Store::connect(&url, key)
+            .await
+            .with_context(|| format!("opening database {}", redact_url(&url)))
     }
 }
 
 fn load_or_create_key(path: &Path) -> Result<SecretKey> {
     if path.exists() {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        return SecretKey::from_hex(&text).with_context(|| format!("{} is not a 64-hex-digit key", path.display()));
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        return SecretKey::from_hex(&text)
+            .with_context(|| format!("{} is not a 64-hex-digit key", path.display()));
     }
     let key = SecretKey::generate();
     write_private(path, &key.to_hex()).with_context(|| format!("writing {}", path.display()))?;
@@ -57,7 +69,11 @@ fn load_or_create_key(path: &Path) -> Result<SecretKey> {
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
     f.write_all(text.as_bytes())
 }
 
@@ -140,17 +156,33 @@ impl ServeArgs {
     pub fn resolve(&self) -> Result<Settings> {
         let file: FileConfig = match &self.config {
             Some(p) => {
-                let text = std::fs::read_to_string(p).with_context(|| format!("reading config {}", p.display()))?;
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("reading config {}", p.display()))?;
                 toml::from_str(&text).with_context(|| format!("parsing config {}", p.display()))?
             }
             None => FileConfig::default(),
         };
-        let listen = self.listen.or(file.listen).unwrap_or_else(|| "0.0.0.0:5240".parse().expect("valid default"));
-        let region_url = self.region_url.clone().or(file.region_url).unwrap_or_else(|| {
-            let host = if listen.ip().is_unspecified() { "127.0.0.1".to_owned() } else { listen.ip().to_string() };
-            format!("http://{host}:{}", listen.port())
-        });
-        let log_format = self.log_format.clone().or(file.log_format).unwrap_or_else(|| "text".into());
+        let listen = self
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| "0.0.0.0:5240".parse().expect("valid default"));
+        let region_url = self
+            .region_url
+            .clone()
+            .or(file.region_url)
+            .unwrap_or_else(|| {
+                let host = if listen.ip().is_unspecified() {
+                    "127.0.0.1".to_owned()
+                } else {
+                    listen.ip().to_string()
+                };
+                format!("http://{host}:{}", listen.port())
+            });
+        let log_format = self
+            .log_format
+            .clone()
+            .or(file.log_format)
+            .unwrap_or_else(|| "text".into());
         if !matches!(log_format.as_str(), "text" | "json") {
             anyhow::bail!("--log-format must be text or json, not {log_format:?}");
         }
@@ -164,9 +196,18 @@ impl ServeArgs {
             region_url,
             sim_machines: self.sim_machines.or(file.sim_machines).unwrap_or(0),
             sim_delay_ms: self.sim_delay_ms.or(file.sim_delay_ms).unwrap_or(500),
-            commission_timeout: self.commission_timeout.or(file.commission_timeout).unwrap_or(30 * 60),
-            deploy_timeout: self.deploy_timeout.or(file.deploy_timeout).unwrap_or(30 * 60),
-            power_sync_interval: self.power_sync_interval.or(file.power_sync_interval).unwrap_or(60),
+            commission_timeout: self
+                .commission_timeout
+                .or(file.commission_timeout)
+                .unwrap_or(30 * 60),
+            deploy_timeout: self
+                .deploy_timeout
+                .or(file.deploy_timeout)
+                .unwrap_or(30 * 60),
+            power_sync_interval: self
+                .power_sync_interval
+                .or(file.power_sync_interval)
+                .unwrap_or(60),
             log_format,
         })
     }
@@ -189,7 +230,13 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let f = dir.join("ingot.toml");
         std::fs::write(&f, "sim_machines = 7\nlisten = \"127.0.0.1:6000\"\n").unwrap();
-        let t = T::parse_from(["x", "--config", f.to_str().unwrap(), "--listen", "127.0.0.1:7000"]);
+        let t = T::parse_from([
+            "x",
+            "--config",
+            f.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:7000",
+        ]);
         let s = t.s.resolve().unwrap();
         assert_eq!(s.listen.port(), 7000, "flag wins");
         assert_eq!(s.sim_machines, 7, "file beats default");
@@ -203,7 +250,10 @@ mod tests {
 
     #[test]
     fn redacts_database_passwords() {
-        assert_eq!(redact_url("postgres://ingot:pw@127.0.0.1/db"), "postgres://ingot:***@127.0.0.1/db");
+        assert_eq!(
+            redact_url("postgres://ingot:pw@127.0.0.1/db"),
+            "postgres://ingot:***@127.0.0.1/db"
+        );
         assert_eq!(redact_url("sqlite://x.db"), "sqlite://x.db");
     }
 }

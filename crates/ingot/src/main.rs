@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use config::{DbArgs, ServeArgs};
 
 #[derive(Parser)]
-#[command(name = "ingot", version, about = "MAAS-compatible bare-metal automation engine")]
+#[command(
+    name = "ingot",
+    version,
+    about = "MAAS-compatible bare-metal automation engine"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -48,7 +52,9 @@ enum AdminCommand {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         match cli.command {
             Command::Serve(args) => serve::run(*args).await,
@@ -59,21 +65,40 @@ fn main() -> Result<()> {
 
 async fn admin(cmd: AdminCommand) -> Result<()> {
     match cmd {
-        AdminCommand::CreateUser { db, username, admin } => {
-            if username.is_empty() || username.len() > 150 || username.contains(char::is_whitespace) {
+        AdminCommand::CreateUser {
+            db,
+            username,
+            admin,
+        } => {
+            if username.is_empty() || username.len() > 150 || username.contains(char::is_whitespace)
+            {
                 anyhow::bail!("--username must be 1-150 characters without spaces");
             }
             let store = db.open().await?;
-            let user = store.create_user(&username, admin).await.with_context(|| format!("creating user {username:?}"))?;
-            let key = store.create_api_key(user.id, "created by ingot admin").await?;
-            println!("Created {} {:?}. API key (shown once; keep it secret):", if admin { "administrator" } else { "user" }, user.username);
+            let user = store
+                .create_user(&username, admin)
+                .await
+                .with_context(|| format!("creating user {username:?}"))?;
+            let key = store
+                .create_api_key(user.id, "created by ingot admin")
+                .await?;
+            println!(
+                "Created {} {:?}. API key (shown once; keep it secret):",
+                if admin { "administrator" } else { "user" },
+                user.username
+            );
             println!("{}", key.as_maas_key());
             Ok(())
         }
         AdminCommand::CreateKey { db, username } => {
             let store = db.open().await?;
-            let user = store.user_by_name(&username).await.with_context(|| format!("no user {username:?}"))?;
-            let key = store.create_api_key(user.id, "created by ingot admin").await?;
+            let user = store
+                .user_by_name(&username)
+                .await
+                .with_context(|| format!("no user {username:?}"))?;
+            let key = store
+                .create_api_key(user.id, "created by ingot admin")
+                .await?;
             println!("New API key for {username:?} (shown once):");
             println!("{}", key.as_maas_key());
             Ok(())

@@ -19,7 +19,10 @@ struct EngineNetboot(Engine);
 #[async_trait]
 impl ingot_sim::Netboot for EngineNetboot {
     async fn decide(&self, mac: &str) -> Result<BootDecision, String> {
-        self.0.boot_decision(mac).await.map_err(|e| ingot_engine::error_chain(&e))
+        self.0
+            .boot_decision(mac)
+            .await
+            .map_err(|e| ingot_engine::error_chain(&e))
     }
 }
 
@@ -55,19 +58,37 @@ pub async fn run(args: ServeArgs) -> Result<()> {
 
     // The sim BMCs must exist before the power sync first looks at them.
     if s.sim_machines > 0 {
-        let specs = ingot_sim::ensure_fleet(&store, &sim, s.sim_machines).await.context("creating the simulated fleet")?;
-        tracing::info!(machines = specs.len(), delay_ms = s.sim_delay_ms, "simulated fleet ready");
-        let fleet = ingot_sim::SimFleet::new(sim.clone(), Arc::new(EngineNetboot(engine.clone())), specs, Duration::from_millis(s.sim_delay_ms));
+        let specs = ingot_sim::ensure_fleet(&store, &sim, s.sim_machines)
+            .await
+            .context("creating the simulated fleet")?;
+        tracing::info!(
+            machines = specs.len(),
+            delay_ms = s.sim_delay_ms,
+            "simulated fleet ready"
+        );
+        let fleet = ingot_sim::SimFleet::new(
+            sim.clone(),
+            Arc::new(EngineNetboot(engine.clone())),
+            specs,
+            Duration::from_millis(s.sim_delay_ms),
+        );
         let stop = shutdown.clone();
         tasks.push(tokio::spawn(async move { fleet.run(stop).await }));
     }
     tasks.extend(engine.spawn_background(shutdown.clone()));
 
-    let app = ingot_api::router(ingot_api::AppState::new(engine.clone(), (s.sim_machines > 0).then_some(sim)));
-    let listener = tokio::net::TcpListener::bind(s.listen).await.with_context(|| format!("binding {}", s.listen))?;
+    let app = ingot_api::router(ingot_api::AppState::new(
+        engine.clone(),
+        (s.sim_machines > 0).then_some(sim),
+    ));
+    let listener = tokio::net::TcpListener::bind(s.listen)
+        .await
+        .with_context(|| format!("binding {}", s.listen))?;
     let local = listener.local_addr()?;
     tracing::info!(listen = %local, region_url = %s.region_url, "region API listening");
-    println!("Ingot region API: http://{local}/api/v1/ (OpenAPI at /api/v1/openapi.json, health at /healthz)");
+    println!(
+        "Ingot region API: http://{local}/api/v1/ (OpenAPI at /api/v1/openapi.json, health at /healthz)"
+    );
     println!(
         "Get an API key:  ingot admin create-user --data-dir {} --username admin --admin",
         s.db.data_dir().display()
@@ -80,7 +101,9 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         stop.cancel();
     });
     let stop = shutdown.clone();
-    axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await?;
     shutdown.cancel();
     for t in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(5), t).await;

@@ -40,9 +40,19 @@ pub struct SimMachineSpec {
 /// The deterministic spec of sim machine `index` (1-based): the same across restarts.
 pub fn spec(index: usize) -> SimMachineSpec {
     let i = u32::try_from(index).unwrap_or(u32::MAX);
-    let mac = format!("52:54:00:{:02x}:{:02x}:{:02x}", (i >> 16) & 0xff, (i >> 8) & 0xff, i & 0xff);
+    let mac = format!(
+        "52:54:00:{:02x}:{:02x}:{:02x}",
+        (i >> 16) & 0xff,
+        (i >> 8) & 0xff,
+        i & 0xff
+    );
     // A small spread of shapes, so allocation constraints have something to choose from.
-    let shapes = [(2, 4096, 40), (4, 8192, 80), (8, 16384, 240), (16, 65536, 480)];
+    let shapes = [
+        (2, 4096, 40),
+        (4, 8192, 80),
+        (8, 16384, 240),
+        (16, 65536, 480),
+    ];
     let (cpus, mem, disk_gb) = shapes[index % shapes.len()];
     let inventory = Inventory {
         cpu_count: cpus,
@@ -62,8 +72,16 @@ pub fn spec(index: usize) -> SimMachineSpec {
             link_up: true,
             speed_mbps: Some(10_000),
         }],
-        system: SystemInfo { vendor: "Ingot".into(), product: "SimServer".into(), serial: format!("SIM-{index:06}") },
-        boot_mode: if index % 2 == 0 { BootMode::Uefi } else { BootMode::Bios },
+        system: SystemInfo {
+            vendor: "Ingot".into(),
+            product: "SimServer".into(),
+            serial: format!("SIM-{index:06}"),
+        },
+        boot_mode: if index % 2 == 0 {
+            BootMode::Uefi
+        } else {
+            BootMode::Bios
+        },
     };
     SimMachineSpec {
         index,
@@ -76,7 +94,11 @@ pub fn spec(index: usize) -> SimMachineSpec {
 
 /// Makes sure sim machines 1..=n exist in the store (creating only the missing ones) and that
 /// each has a sim BMC in `registry` with its stored password. Returns their specs.
-pub async fn ensure_fleet(store: &Store, registry: &SimRegistry, n: usize) -> Result<Vec<SimMachineSpec>, StoreError> {
+pub async fn ensure_fleet(
+    store: &Store,
+    registry: &SimRegistry,
+    n: usize,
+) -> Result<Vec<SimMachineSpec>, StoreError> {
     let existing = store.list_machines(&MachineFilter::default()).await?;
     let by_host: HashMap<_, _> = existing.iter().map(|m| (m.hostname.clone(), m)).collect();
     let mut specs = Vec::with_capacity(n);
@@ -85,7 +107,10 @@ pub async fn ensure_fleet(store: &Store, registry: &SimRegistry, n: usize) -> Re
         let id = match by_host.get(&s.hostname) {
             Some(m) => m.id.clone(),
             None => {
-                let password = format!("sim-{}", ingot_types::MachineId::from_indexes([index as u8, 3, 5, 7, 11, 13]));
+                let password = format!(
+                    "sim-{}",
+                    ingot_types::MachineId::from_indexes([index as u8, 3, 5, 7, 11, 13])
+                );
                 let new = NewMachine {
                     hostname: Some(s.hostname.clone()),
                     power_type: Some(PowerType::Sim),
@@ -102,7 +127,10 @@ pub async fn ensure_fleet(store: &Store, registry: &SimRegistry, n: usize) -> Re
             }
         };
         let (_, params) = store.power_credentials(&id).await?;
-        registry.add(&s.bmc_address, params.power_pass.as_deref().unwrap_or_default());
+        registry.add(
+            &s.bmc_address,
+            params.power_pass.as_deref().unwrap_or_default(),
+        );
         specs.push(s);
     }
     Ok(specs)
@@ -118,9 +146,22 @@ pub struct SimFleet {
 }
 
 impl SimFleet {
-    pub fn new(registry: SimRegistry, netboot: Arc<dyn Netboot>, specs: Vec<SimMachineSpec>, step_delay: Duration) -> Self {
-        let by_address = specs.into_iter().map(|s| (s.bmc_address.clone(), s)).collect();
-        Self { registry, netboot, by_address, step_delay }
+    pub fn new(
+        registry: SimRegistry,
+        netboot: Arc<dyn Netboot>,
+        specs: Vec<SimMachineSpec>,
+        step_delay: Duration,
+    ) -> Self {
+        let by_address = specs
+            .into_iter()
+            .map(|s| (s.bmc_address.clone(), s))
+            .collect();
+        Self {
+            registry,
+            netboot,
+            by_address,
+            step_delay,
+        }
     }
 
     pub async fn run(self, shutdown: CancellationToken) {
@@ -170,32 +211,57 @@ impl SimFleet {
         }
     }
 
-    async fn run_agent(&self, spec: &SimMachineSpec, decision: BootDecision) -> Result<(), AgentError> {
-        let Some(token) = decision.boot_token.clone() else { return Ok(()) };
+    async fn run_agent(
+        &self,
+        spec: &SimMachineSpec,
+        decision: BootDecision,
+    ) -> Result<(), AgentError> {
+        let Some(token) = decision.boot_token.clone() else {
+            return Ok(());
+        };
         if decision.purpose == BootPurpose::LocalDisk {
             return Ok(());
         }
         let mut client = AgentClient::new(&decision.region_url, &token)?;
         if decision.purpose == BootPurpose::Enlist {
             let resp = client
-                .enlist(&EnlistRequest { boot_mac: spec.mac.clone(), inventory: spec.inventory.clone() })
+                .enlist(&EnlistRequest {
+                    boot_mac: spec.mac.clone(),
+                    inventory: spec.inventory.clone(),
+                })
                 .await?;
             client.set_token(&resp.token);
         }
         match client.instructions().await? {
             Instructions::Commission { .. } => {
-                client.report(&Report::Progress { message: "collecting inventory".into() }).await?;
+                client
+                    .report(&Report::Progress {
+                        message: "collecting inventory".into(),
+                    })
+                    .await?;
                 tokio::time::sleep(self.step_delay).await;
-                client.report(&Report::Commissioned { inventory: spec.inventory.clone() }).await?;
+                client
+                    .report(&Report::Commissioned {
+                        inventory: spec.inventory.clone(),
+                    })
+                    .await?;
             }
             Instructions::Deploy { distro_series, .. } => {
-                client.report(&Report::Progress { message: format!("writing {distro_series} image") }).await?;
+                client
+                    .report(&Report::Progress {
+                        message: format!("writing {distro_series} image"),
+                    })
+                    .await?;
                 tokio::time::sleep(self.step_delay).await;
                 client.report(&Report::Deployed).await?;
                 return Ok(()); // stays on, booting its new OS
             }
             Instructions::Erase { .. } => {
-                client.report(&Report::Progress { message: "erasing disks".into() }).await?;
+                client
+                    .report(&Report::Progress {
+                        message: "erasing disks".into(),
+                    })
+                    .await?;
                 tokio::time::sleep(self.step_delay).await;
                 client.report(&Report::Erased).await?;
             }

@@ -69,7 +69,9 @@ pub(crate) fn random_token(len: usize) -> String {
     use rand::Rng;
     const CHARS: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
     let mut rng = rand::rngs::OsRng;
-    (0..len).map(|_| CHARS[rng.gen_range(0..CHARS.len())] as char).collect()
+    (0..len)
+        .map(|_| CHARS[rng.gen_range(0..CHARS.len())] as char)
+        .collect()
 }
 
 #[cfg(test)]
@@ -87,6 +89,12 @@ mod tests {
         bad.replace_range(30..32, if &c[30..32] == "00" { "11" } else { "00" });
         assert_eq!(k.decrypt(&bad), None);
         assert_eq!(SecretKey::generate().decrypt(&c), None, "other key");
-        assert_eq!(SecretKey::from_hex(&k.to_hex()).unwrap().decrypt(&c).as_deref(), Some("hunter2"));
+        assert_eq!(
+            SecretKey::from_hex(&k.to_hex())
+                .unwrap()
+                .decrypt(&c)
+                .as_deref(),
+            Some("hunter2")
+        );
     }
 }

@@ -11,13 +11,21 @@
 //! no change is ever recorded half-way.
 
 mod crypto;
+mod maas;
 mod machines;
 mod net;
-mod users;
+mod tenancy;
 pub mod testing;
+mod users;
 
 pub use crypto::SecretKey;
+pub use maas::{GroupKind, NamedGroup, SshKey, Tag};
 pub use machines::{AllocationConstraints, Effects, MachineFilter, Set};
+pub use tenancy::{
+    Account, ApiClient, AuditEvent, Cluster, IssuedClient, Location, NewAuditEvent, NewServer,
+    QuotaEditRequest, Server, ServerTag, ServerType, ServerUsage, TenantSshKey, TenantTag,
+    TokenGrant, host_addresses, random_object_id,
+};
 pub use users::{ApiKey, IssuedApiKey, User};
 
 use ingot_types::lifecycle::{IllegalTransition, NodeStatus, Trigger};
@@ -30,7 +38,11 @@ pub enum StoreError {
     #[error("{kind} {id:?} not found")]
     NotFound { kind: &'static str, id: String },
     #[error("{kind} with {field} {value:?} already exists")]
-    Conflict { kind: &'static str, field: &'static str, value: String },
+    Conflict {
+        kind: &'static str,
+        field: &'static str,
+        value: String,
+    },
     #[error(transparent)]
     IllegalTransition(#[from] IllegalTransition),
     #[error("no machine matches the allocation constraints")]
@@ -146,11 +158,19 @@ pub(crate) fn unique_violation(
     if let sqlx::Error::Database(db) = &e
         && db.is_unique_violation()
     {
-        return StoreError::Conflict { kind, field, value: value.to_owned() };
+        return StoreError::Conflict {
+            kind,
+            field,
+            value: value.to_owned(),
+        };
     }
     StoreError::Database(e)
 }
 
 pub(crate) fn trigger_actor_message(trigger: Trigger, message: &str) -> String {
-    if message.is_empty() { trigger.name().to_owned() } else { message.to_owned() }
+    if message.is_empty() {
+        trigger.name().to_owned()
+    } else {
+        message.to_owned()
+    }
 }

@@ -31,7 +31,8 @@ struct Hardware {
 }
 
 fn machine_from_row(row: &AnyRow) -> Result<Machine, StoreError> {
-    let corrupt = |what: &str, e: &dyn std::fmt::Display| StoreError::Corrupt(format!("{what}: {e}"));
+    let corrupt =
+        |what: &str, e: &dyn std::fmt::Display| StoreError::Corrupt(format!("{what}: {e}"));
     let id: String = row.try_get("id")?;
     let power_type: String = row.try_get("power_type")?;
     let power_state: String = row.try_get("power_state")?;
@@ -142,7 +143,10 @@ enum Arg {
 
 impl Sql {
     fn new(text: impl Into<String>) -> Self {
-        Self { text: text.into(), args: Vec::new() }
+        Self {
+            text: text.into(),
+            args: Vec::new(),
+        }
     }
     fn push(&mut self, s: &str) -> &mut Self {
         self.text.push_str(s);
@@ -193,10 +197,15 @@ fn random_hostname() -> String {
 
 impl Store {
     /// Creates a machine in status New, with its MACs, and records the creation event.
-    pub async fn create_machine(&self, new: NewMachine, actor: &str) -> Result<Machine, StoreError> {
+    pub async fn create_machine(
+        &self,
+        new: NewMachine,
+        actor: &str,
+    ) -> Result<Machine, StoreError> {
         let mut macs: Vec<String> = Vec::new();
         for m in new.boot_mac.iter().chain(new.macs.iter()) {
-            let norm = normalize_mac(m).ok_or_else(|| StoreError::Corrupt(format!("bad MAC {m:?}")))?;
+            let norm =
+                normalize_mac(m).ok_or_else(|| StoreError::Corrupt(format!("bad MAC {m:?}")))?;
             if !macs.contains(&norm) {
                 macs.push(norm);
             }
@@ -204,15 +213,20 @@ impl Store {
         let boot_mac = macs.first().cloned();
         let params_json = serde_json::to_string(&new.power_parameters.redacted())
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let pass_enc = new.power_parameters.power_pass.as_deref().map(|p| self.key.encrypt(p));
+        let pass_enc = new
+            .power_parameters
+            .power_pass
+            .as_deref()
+            .map(|p| self.key.encrypt(p));
         let now = now_ms();
         // A generated id or hostname can collide; retry with fresh ones. A given hostname
         // that collides is the caller's conflict.
         for _attempt in 0..8 {
             let id = random_machine_id();
-            let hostname = new.hostname.clone().unwrap_or_else(|| {
-                format!("{}-{}", random_hostname(), &id.as_str()[..4])
-            });
+            let hostname = new
+                .hostname
+                .clone()
+                .unwrap_or_else(|| format!("{}-{}", random_hostname(), &id.as_str()[..4]));
             let mut tx = self.pool.begin().await?;
             let inserted = sqlx::query(
                 "INSERT INTO machines (id, hostname, status, power_type, power_params, \
@@ -226,7 +240,11 @@ impl Store {
             .bind(&params_json)
             .bind(pass_enc.clone())
             .bind(boot_mac.clone())
-            .bind(new.architecture.clone().unwrap_or_else(|| "amd64/generic".into()))
+            .bind(
+                new.architecture
+                    .clone()
+                    .unwrap_or_else(|| "amd64/generic".into()),
+            )
             .bind(new.zone.clone().unwrap_or_else(|| "default".into()))
             .bind(new.pool.clone().unwrap_or_else(|| "default".into()))
             .bind(now)
@@ -269,7 +287,11 @@ impl Store {
             tx.commit().await?;
             return self.machine(&id).await;
         }
-        Err(StoreError::Conflict { kind: "machine", field: "id", value: "(generated)".into() })
+        Err(StoreError::Conflict {
+            kind: "machine",
+            field: "id",
+            value: "(generated)".into(),
+        })
     }
 
     pub async fn machine(&self, id: &MachineId) -> Result<Machine, StoreError> {
@@ -281,12 +303,17 @@ impl Store {
             .bind(id.as_str())
             .fetch_optional(&self.pool)
             .await?
-            .ok_or_else(|| StoreError::NotFound { kind: "machine", id: id.to_string() })?;
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "machine",
+                id: id.to_string(),
+            })?;
         machine_from_row(&row)
     }
 
     pub async fn machine_by_mac(&self, mac: &str) -> Result<Option<Machine>, StoreError> {
-        let Some(mac) = normalize_mac(mac) else { return Ok(None) };
+        let Some(mac) = normalize_mac(mac) else {
+            return Ok(None);
+        };
         let sql = format!(
             "SELECT {MACHINE_COLUMNS} FROM machine_macs mm JOIN machines m ON m.id = mm.machine_id \
              LEFT JOIN users u ON u.id = m.owner_id WHERE mm.mac = $1"
@@ -342,7 +369,9 @@ impl Store {
             sql.push(" AND m.owner_id = ").bind(Arg::Int(o.0));
         }
         if let Some(v) = f.visible_to {
-            sql.push(" AND (m.owner_id IS NULL OR m.owner_id = ").bind(Arg::Int(v.0)).push(")");
+            sql.push(" AND (m.owner_id IS NULL OR m.owner_id = ")
+                .bind(Arg::Int(v.0))
+                .push(")");
         }
         if let Some(mac) = &f.mac {
             let mac = normalize_mac(mac).unwrap_or_else(|| mac.clone());
@@ -370,7 +399,9 @@ impl Store {
     }
 
     pub async fn count_machines(&self) -> Result<i64, StoreError> {
-        let row = sqlx::query("SELECT COUNT(*) AS n FROM machines").fetch_one(&self.pool).await?;
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM machines")
+            .fetch_one(&self.pool)
+            .await?;
         Ok(row.try_get("n")?)
     }
 
@@ -390,14 +421,24 @@ impl Store {
             if let Some(required) = effects.require_owner
                 && current.owner.is_some_and(|o| o != required)
             {
-                return Err(StoreError::NotFound { kind: "machine", id: id.to_string() });
+                return Err(StoreError::NotFound {
+                    kind: "machine",
+                    id: id.to_string(),
+                });
             }
             let next = next_status(current.status, trigger)?;
-            if self.try_transition(&current, next, trigger, actor, message, effects).await? {
+            if self
+                .try_transition(&current, next, trigger, actor, message, effects)
+                .await?
+            {
                 return self.machine(id).await;
             }
         }
-        Err(StoreError::Conflict { kind: "machine", field: "status", value: "contended".into() })
+        Err(StoreError::Conflict {
+            kind: "machine",
+            field: "status",
+            value: "contended".into(),
+        })
     }
 
     /// One compare-and-set attempt. Returns false if the status changed under us.
@@ -441,8 +482,10 @@ impl Store {
                 system: inv.system.clone(),
             };
             let hw = serde_json::to_string(&hw).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            sql.push(", cpu_count = ").bind(Arg::Int(i64::from(inv.cpu_count)));
-            sql.push(", cpu_model = ").bind(Arg::Text(inv.cpu_model.clone()));
+            sql.push(", cpu_count = ")
+                .bind(Arg::Int(i64::from(inv.cpu_count)));
+            sql.push(", cpu_model = ")
+                .bind(Arg::Text(inv.cpu_model.clone()));
             sql.push(", memory_mib = ")
                 .bind(Arg::Int(i64::try_from(inv.memory_mib).unwrap_or(i64::MAX)));
             sql.push(", hardware = ").bind(Arg::Text(hw));
@@ -450,10 +493,14 @@ impl Store {
         if effects.clear_boot_token {
             sql.push(", boot_token_sha256 = NULL, boot_token_expires = NULL");
         }
-        sql.push(" WHERE id = ").bind(Arg::Text(current.id.to_string()));
-        sql.push(" AND status = ").bind(Arg::Int(i64::from(current.status.code())));
+        sql.push(" WHERE id = ")
+            .bind(Arg::Text(current.id.to_string()));
+        sql.push(" AND status = ")
+            .bind(Arg::Int(i64::from(current.status.code())));
         if let Some(owner) = effects.require_owner {
-            sql.push(" AND (owner_id IS NULL OR owner_id = ").bind(Arg::Int(owner.0)).push(")");
+            sql.push(" AND (owner_id IS NULL OR owner_id = ")
+                .bind(Arg::Int(owner.0))
+                .push(")");
         }
 
         let mut tx = self.pool.begin().await?;
@@ -532,10 +579,16 @@ impl Store {
                 candidates.swap(i, rng.gen_range(0..=i));
             }
         }
-        let effects = Effects { owner: Set::To(Some(owner)), ..Default::default() };
+        let effects = Effects {
+            owner: Set::To(Some(owner)),
+            ..Default::default()
+        };
         for m in candidates {
             let next = NodeStatus::Allocated;
-            if self.try_transition(&m, next, Trigger::Allocate, actor, "allocated", &effects).await? {
+            if self
+                .try_transition(&m, next, Trigger::Allocate, actor, "allocated", &effects)
+                .await?
+            {
                 return self.machine(&m.id).await;
             }
         }
@@ -578,8 +631,14 @@ impl Store {
                     at: ms_to_time(r.try_get("at")?),
                     actor: r.try_get("actor")?,
                     kind: r.try_get("kind")?,
-                    from_status: r.try_get::<Option<i64>, _>("from_status")?.map(status_from).transpose()?,
-                    to_status: r.try_get::<Option<i64>, _>("to_status")?.map(status_from).transpose()?,
+                    from_status: r
+                        .try_get::<Option<i64>, _>("from_status")?
+                        .map(status_from)
+                        .transpose()?,
+                    to_status: r
+                        .try_get::<Option<i64>, _>("to_status")?
+                        .map(status_from)
+                        .transpose()?,
                     message: r.try_get("message")?,
                 })
             })
@@ -603,7 +662,10 @@ impl Store {
         .execute(&self.pool)
         .await?;
         if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound { kind: "machine", id: id.to_string() });
+            return Err(StoreError::NotFound {
+                kind: "machine",
+                id: id.to_string(),
+            });
         }
         Ok(())
     }
@@ -620,9 +682,9 @@ impl Store {
         let json = serde_json::to_string(&params.redacted())
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let mut tx = self.pool.begin().await?;
-        let done = match &params.power_pass {
-            Some(p) => {
-                sqlx::query(
+        let done =
+            match &params.power_pass {
+                Some(p) => sqlx::query(
                     "UPDATE machines SET power_type = $1, power_params = $2, power_pass_enc = $3, \
                      updated_at = $4 WHERE id = $5",
                 )
@@ -632,26 +694,37 @@ impl Store {
                 .bind(now_ms())
                 .bind(id.as_str())
                 .execute(&mut *tx)
-                .await?
-            }
-            None => {
-                sqlx::query(
-                    "UPDATE machines SET power_type = $1, power_params = $2, updated_at = $3 \
+                .await?,
+                None => {
+                    sqlx::query(
+                        "UPDATE machines SET power_type = $1, power_params = $2, updated_at = $3 \
                      WHERE id = $4",
-                )
-                .bind(power_type.as_str())
-                .bind(&json)
-                .bind(now_ms())
-                .bind(id.as_str())
-                .execute(&mut *tx)
-                .await?
-            }
-        };
+                    )
+                    .bind(power_type.as_str())
+                    .bind(&json)
+                    .bind(now_ms())
+                    .bind(id.as_str())
+                    .execute(&mut *tx)
+                    .await?
+                }
+            };
         if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound { kind: "machine", id: id.to_string() });
+            return Err(StoreError::NotFound {
+                kind: "machine",
+                id: id.to_string(),
+            });
         }
-        insert_event(&mut tx, id, actor, "config", None, None, "power parameters changed", now_ms())
-            .await?;
+        insert_event(
+            &mut tx,
+            id,
+            actor,
+            "config",
+            None,
+            None,
+            "power parameters changed",
+            now_ms(),
+        )
+        .await?;
         tx.commit().await?;
         self.machine(id).await
     }
@@ -661,11 +734,16 @@ impl Store {
         &self,
         id: &MachineId,
     ) -> Result<(PowerType, PowerParameters), StoreError> {
-        let row = sqlx::query("SELECT power_type, power_params, power_pass_enc FROM machines WHERE id = $1")
-            .bind(id.as_str())
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| StoreError::NotFound { kind: "machine", id: id.to_string() })?;
+        let row = sqlx::query(
+            "SELECT power_type, power_params, power_pass_enc FROM machines WHERE id = $1",
+        )
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::NotFound {
+            kind: "machine",
+            id: id.to_string(),
+        })?;
         let t: String = row.try_get("power_type")?;
         let p: String = row.try_get("power_params")?;
         let enc: Option<String> = row.try_get("power_pass_enc")?;
@@ -712,7 +790,10 @@ impl Store {
             .await
             .map_err(|e| unique_violation(e, "machine", "hostname", hostname.unwrap_or("")))?;
         if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound { kind: "machine", id: id.to_string() });
+            return Err(StoreError::NotFound {
+                kind: "machine",
+                id: id.to_string(),
+            });
         }
         self.machine(id).await
     }
@@ -722,13 +803,20 @@ impl Store {
             .bind(id.as_str())
             .fetch_optional(&self.pool)
             .await?
-            .ok_or_else(|| StoreError::NotFound { kind: "machine", id: id.to_string() })?;
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "machine",
+                id: id.to_string(),
+            })?;
         Ok(row.try_get("user_data")?)
     }
 
     /// Mints a per-boot agent token for the machine, replacing any earlier one. Returns the
     /// plaintext (it goes on the kernel command line); only its hash is stored.
-    pub async fn issue_boot_token(&self, id: &MachineId, ttl_ms: i64) -> Result<String, StoreError> {
+    pub async fn issue_boot_token(
+        &self,
+        id: &MachineId,
+        ttl_ms: i64,
+    ) -> Result<String, StoreError> {
         let token = random_token(40);
         let done = sqlx::query(
             "UPDATE machines SET boot_token_sha256 = $1, boot_token_expires = $2 WHERE id = $3",
@@ -739,7 +827,10 @@ impl Store {
         .execute(&self.pool)
         .await?;
         if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound { kind: "machine", id: id.to_string() });
+            return Err(StoreError::NotFound {
+                kind: "machine",
+                id: id.to_string(),
+            });
         }
         Ok(token)
     }
@@ -802,7 +893,11 @@ async fn insert_event(
 impl Store {
     /// Stores hardware facts without a status change (enlistment) and claims the NICs' MACs.
     pub async fn set_inventory(&self, id: &MachineId, inv: &Inventory) -> Result<(), StoreError> {
-        let hw = Hardware { disks: inv.disks.clone(), interfaces: inv.interfaces.clone(), system: inv.system.clone() };
+        let hw = Hardware {
+            disks: inv.disks.clone(),
+            interfaces: inv.interfaces.clone(),
+            system: inv.system.clone(),
+        };
         let hw = serde_json::to_string(&hw).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let done = sqlx::query(
             "UPDATE machines SET cpu_count = $1, cpu_model = $2, memory_mib = $3, hardware = $4, \
@@ -817,13 +912,21 @@ impl Store {
         .execute(&self.pool)
         .await?;
         if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound { kind: "machine", id: id.to_string() });
+            return Err(StoreError::NotFound {
+                kind: "machine",
+                id: id.to_string(),
+            });
         }
         Ok(())
     }
 
     /// Moves a running workflow's deadline, only if the machine is still in `status`.
-    pub async fn extend_deadline(&self, id: &MachineId, status: NodeStatus, deadline_ms: i64) -> Result<(), StoreError> {
+    pub async fn extend_deadline(
+        &self,
+        id: &MachineId,
+        status: NodeStatus,
+        deadline_ms: i64,
+    ) -> Result<(), StoreError> {
         sqlx::query("UPDATE machines SET deadline = $1 WHERE id = $2 AND status = $3 AND deadline IS NOT NULL")
             .bind(deadline_ms)
             .bind(id.as_str())

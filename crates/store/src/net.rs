@@ -16,7 +16,9 @@ impl Store {
             .map(|r| {
                 let ip: String = r.try_get("ip")?;
                 Ok(Lease {
-                    ip: ip.parse().map_err(|_| StoreError::Corrupt(format!("lease ip {ip}")))?,
+                    ip: ip
+                        .parse()
+                        .map_err(|_| StoreError::Corrupt(format!("lease ip {ip}")))?,
                     mac: r.try_get("mac")?,
                     subnet: r.try_get("subnet")?,
                     hostname: r.try_get("hostname")?,
@@ -112,12 +114,14 @@ impl Store {
             .bind(now)
             .execute(&self.pool)
             .await?;
-        sqlx::query("INSERT INTO enlist_tokens (token_sha256, mac, expires_at) VALUES ($1, $2, $3)")
-            .bind(crate::crypto::sha256_hex(&token))
-            .bind(mac)
-            .bind(now + ttl_ms)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "INSERT INTO enlist_tokens (token_sha256, mac, expires_at) VALUES ($1, $2, $3)",
+        )
+        .bind(crate::crypto::sha256_hex(&token))
+        .bind(mac)
+        .bind(now + ttl_ms)
+        .execute(&self.pool)
+        .await?;
         Ok(token)
     }
 
@@ -125,11 +129,13 @@ impl Store {
     pub async fn take_enlist_token(&self, token: &str) -> Result<Option<String>, StoreError> {
         let hash = crate::crypto::sha256_hex(token);
         let mut tx = self.pool.begin().await?;
-        let row = sqlx::query("DELETE FROM enlist_tokens WHERE token_sha256 = $1 AND expires_at > $2 RETURNING mac")
-            .bind(&hash)
-            .bind(now_ms())
-            .fetch_optional(&mut *tx)
-            .await?;
+        let row = sqlx::query(
+            "DELETE FROM enlist_tokens WHERE token_sha256 = $1 AND expires_at > $2 RETURNING mac",
+        )
+        .bind(&hash)
+        .bind(now_ms())
+        .fetch_optional(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(match row {
             Some(r) => Some(r.try_get("mac")?),

@@ -33,7 +33,10 @@ pub struct IssuedApiKey {
 impl IssuedApiKey {
     /// The MAAS form `consumer_key:token_key:token_secret`.
     pub fn as_maas_key(&self) -> String {
-        format!("{}:{}:{}", self.consumer_key, self.token_key, self.token_secret)
+        format!(
+            "{}:{}:{}",
+            self.consumer_key, self.token_key, self.token_secret
+        )
     }
 }
 
@@ -62,11 +65,15 @@ impl Store {
     }
 
     pub async fn user_by_name(&self, username: &str) -> Result<User, StoreError> {
-        let row = sqlx::query("SELECT id, username, email, is_admin FROM users WHERE username = $1")
-            .bind(username)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| StoreError::NotFound { kind: "user", id: username.to_owned() })?;
+        let row =
+            sqlx::query("SELECT id, username, email, is_admin FROM users WHERE username = $1")
+                .bind(username)
+                .fetch_optional(&self.pool)
+                .await?
+                .ok_or_else(|| StoreError::NotFound {
+                    kind: "user",
+                    id: username.to_owned(),
+                })?;
         user_from_row(&row)
     }
 
@@ -75,7 +82,10 @@ impl Store {
             .bind(id.0)
             .fetch_optional(&self.pool)
             .await?
-            .ok_or_else(|| StoreError::NotFound { kind: "user", id: id.to_string() })?;
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "user",
+                id: id.to_string(),
+            })?;
         user_from_row(&row)
     }
 
@@ -87,7 +97,11 @@ impl Store {
     }
 
     /// Issues a new API key for the user. The secret is returned once and stored hashed.
-    pub async fn create_api_key(&self, user: UserId, name: &str) -> Result<IssuedApiKey, StoreError> {
+    pub async fn create_api_key(
+        &self,
+        user: UserId,
+        name: &str,
+    ) -> Result<IssuedApiKey, StoreError> {
         let key = IssuedApiKey {
             consumer_key: random_token(18),
             token_key: random_token(18),
@@ -133,7 +147,10 @@ impl Store {
             .execute(&self.pool)
             .await?;
         if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound { kind: "api key", id: token_key.to_owned() });
+            return Err(StoreError::NotFound {
+                kind: "api key",
+                id: token_key.to_owned(),
+            });
         }
         Ok(())
     }
@@ -159,6 +176,10 @@ impl Store {
         let secret_ok: bool = stored.as_bytes().ct_eq(presented.as_bytes()).into();
         let ck: String = row.try_get("consumer_key")?;
         let consumer_ok = consumer_key.is_none_or(|c| c == ck);
-        if secret_ok && consumer_ok { Ok(Some(user_from_row(&row)?)) } else { Ok(None) }
+        if secret_ok && consumer_ok {
+            Ok(Some(user_from_row(&row)?))
+        } else {
+            Ok(None)
+        }
     }
 }

@@ -10,8 +10,8 @@
 //! | GET | `/instructions` | — | [`Instructions`] |
 //! | POST | `/report` | [`Report`] | [`ReportAck`] |
 
-use crate::inventory::Inventory;
 use crate::MachineId;
+use crate::inventory::Inventory;
 use serde::{Deserialize, Serialize};
 
 pub const AGENT_API_PREFIX: &str = "/agent/v1";
@@ -86,17 +86,24 @@ mod tests {
     fn instructions_wire_format() {
         let id = MachineId::parse("abc123").unwrap();
         let json = serde_json::to_value(Instructions::Commission { machine_id: id }).unwrap();
-        assert_eq!(json, serde_json::json!({"action": "commission", "machine_id": "abc123"}));
+        assert_eq!(
+            json,
+            serde_json::json!({"action": "commission", "machine_id": "abc123"})
+        );
         let bad = serde_json::from_str::<Instructions>(r#"{"action":"format_everything"}"#);
         assert!(bad.is_err());
-        let bad_id = serde_json::from_str::<Instructions>(r#"{"action":"commission","machine_id":"x"}"#);
+        let bad_id =
+            serde_json::from_str::<Instructions>(r#"{"action":"commission","machine_id":"x"}"#);
         assert!(bad_id.is_err());
     }
 
     #[test]
     fn cmdline_parsing() {
         let c = "console=ttyS0 ingot.url=http://10.0.0.1:5240 ingot.token=abc quiet";
-        assert_eq!(cmdline_value(c, CMDLINE_REGION_URL), Some("http://10.0.0.1:5240"));
+        assert_eq!(
+            cmdline_value(c, CMDLINE_REGION_URL),
+            Some("http://10.0.0.1:5240")
+        );
         assert_eq!(cmdline_value(c, CMDLINE_TOKEN), Some("abc"));
         assert_eq!(cmdline_value(c, "missing"), None);
     }

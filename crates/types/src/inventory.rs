@@ -64,7 +64,10 @@ pub enum BootMode {
 /// A MAC address normalised to lowercase colon form. Returns None when it is not 6 octets.
 pub fn normalize_mac(s: &str) -> Option<String> {
     let hex: String = s.chars().filter(|c| c.is_ascii_hexdigit()).collect();
-    let seps = s.chars().filter(|c| !c.is_ascii_hexdigit()).all(|c| matches!(c, ':' | '-' | '.'));
+    let seps = s
+        .chars()
+        .filter(|c| !c.is_ascii_hexdigit())
+        .all(|c| matches!(c, ':' | '-' | '.'));
     if hex.len() != 12 || !seps {
         return None;
     }

@@ -161,11 +161,32 @@ impl fmt::Display for NodeStatus {
 /// MAAS's NODE_TRANSITIONS: `from → to` is allowed when `to` is in the list for `from`.
 pub fn is_legal_transition(from: NodeStatus, to: NodeStatus) -> bool {
     let allowed: &[NodeStatus] = match from {
-        New => &[Commissioning, Testing, Missing, Ready, Retired, Broken, EnteringRescueMode],
-        Commissioning => &[FailedCommissioning, Ready, Retired, Missing, New, Broken, Testing],
-        FailedCommissioning => {
-            &[Commissioning, Missing, Retired, Broken, EnteringRescueMode, Testing]
-        }
+        New => &[
+            Commissioning,
+            Testing,
+            Missing,
+            Ready,
+            Retired,
+            Broken,
+            EnteringRescueMode,
+        ],
+        Commissioning => &[
+            FailedCommissioning,
+            Ready,
+            Retired,
+            Missing,
+            New,
+            Broken,
+            Testing,
+        ],
+        FailedCommissioning => &[
+            Commissioning,
+            Missing,
+            Retired,
+            Broken,
+            EnteringRescueMode,
+            Testing,
+        ],
         Ready => &[
             EnteringRescueMode,
             Commissioning,
@@ -251,7 +272,15 @@ pub fn is_legal_transition(from: NodeStatus, to: NodeStatus) -> bool {
             EnteringRescueMode,
             Testing,
         ],
-        Missing => &[New, Ready, Allocated, Commissioning, Broken, EnteringRescueMode, Testing],
+        Missing => &[
+            New,
+            Ready,
+            Allocated,
+            Commissioning,
+            Broken,
+            EnteringRescueMode,
+            Testing,
+        ],
         Retired => &[New, Ready, Missing, Broken, EnteringRescueMode, Testing],
         Broken => &[
             Commissioning,
@@ -308,9 +337,15 @@ pub fn is_legal_transition(from: NodeStatus, to: NodeStatus) -> bool {
             FailedExitingRescueMode,
             FailedTesting,
         ],
-        FailedTesting => {
-            &[Commissioning, Broken, Missing, EnteringRescueMode, Testing, Ready, Deployed]
-        }
+        FailedTesting => &[
+            Commissioning,
+            Broken,
+            Missing,
+            EnteringRescueMode,
+            Testing,
+            Ready,
+            Deployed,
+        ],
     };
     allowed.contains(&to)
 }
@@ -324,7 +359,9 @@ pub enum Trigger {
     Allocate,
     Deploy,
     /// Release; with `erase` the disks are wiped first.
-    Release { erase: bool },
+    Release {
+        erase: bool,
+    },
     Abort,
     MarkBroken,
     MarkFixed,
@@ -392,9 +429,10 @@ pub struct IllegalTransition {
 pub fn next_status(current: NodeStatus, trigger: Trigger) -> Result<NodeStatus, IllegalTransition> {
     let illegal = || IllegalTransition { current, trigger };
     let next = match (trigger, current) {
-        (Trigger::Commission, New | Ready | FailedCommissioning | Broken | FailedTesting | Missing) => {
-            Commissioning
-        }
+        (
+            Trigger::Commission,
+            New | Ready | FailedCommissioning | Broken | FailedTesting | Missing,
+        ) => Commissioning,
         (Trigger::CommissioningSucceeded, Commissioning) => Ready,
         (Trigger::CommissioningFailed | Trigger::TimedOut, Commissioning) => FailedCommissioning,
         (Trigger::Allocate, Ready) => Allocated,
@@ -426,7 +464,10 @@ pub fn next_status(current: NodeStatus, trigger: Trigger) -> Result<NodeStatus, 
         (Trigger::MarkFixed, Broken) => Ready,
         _ => return Err(illegal()),
     };
-    debug_assert!(is_legal_transition(current, next), "{current:?} -> {next:?}");
+    debug_assert!(
+        is_legal_transition(current, next),
+        "{current:?} -> {next:?}"
+    );
     Ok(next)
 }
 
@@ -485,7 +526,10 @@ mod tests {
         }
         assert_eq!(NodeStatus::from_code(23), None);
         assert_eq!(NodeStatus::from_code(-1), None);
-        assert_eq!(NodeStatus::parse_name("failed_commissioning"), Some(FailedCommissioning));
+        assert_eq!(
+            NodeStatus::parse_name("failed_commissioning"),
+            Some(FailedCommissioning)
+        );
         assert_eq!(NodeStatus::parse_name("nonsense"), None);
     }
 
@@ -497,10 +541,18 @@ mod tests {
         let cases: &[(NodeStatus, Trigger, Option<NodeStatus>)] = &[
             (New, Trigger::Commission, Some(Commissioning)),
             (Commissioning, Trigger::CommissioningSucceeded, Some(Ready)),
-            (Commissioning, Trigger::CommissioningFailed, Some(FailedCommissioning)),
+            (
+                Commissioning,
+                Trigger::CommissioningFailed,
+                Some(FailedCommissioning),
+            ),
             (Commissioning, Trigger::TimedOut, Some(FailedCommissioning)),
             (Commissioning, Trigger::Abort, Some(New)),
-            (FailedCommissioning, Trigger::Commission, Some(Commissioning)),
+            (
+                FailedCommissioning,
+                Trigger::Commission,
+                Some(Commissioning),
+            ),
             (Ready, Trigger::Commission, Some(Commissioning)),
             (Ready, Trigger::Allocate, Some(Allocated)),
             (Allocated, Trigger::Deploy, Some(Deploying)),
@@ -551,7 +603,10 @@ mod tests {
         for from in NodeStatus::ALL {
             for trigger in all_triggers() {
                 if let Ok(to) = next_status(from, trigger) {
-                    assert!(is_legal_transition(from, to), "{from:?} -{trigger:?}-> {to:?}");
+                    assert!(
+                        is_legal_transition(from, to),
+                        "{from:?} -{trigger:?}-> {to:?}"
+                    );
                 }
             }
         }

@@ -116,7 +116,10 @@ pub struct PowerParameters {
 impl PowerParameters {
     /// The parameters with the password removed, for API responses and logs.
     pub fn redacted(&self) -> PowerParameters {
-        PowerParameters { power_pass: None, ..self.clone() }
+        PowerParameters {
+            power_pass: None,
+            ..self.clone()
+        }
     }
 
     /// Known parameter names, so unknown fields can be refused by name.

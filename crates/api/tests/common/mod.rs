@@ -46,12 +46,21 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Self { sim_machines: 3, sim_delay: Duration::from_millis(20), commission_timeout: Duration::from_secs(60), postgres: false }
+        Self {
+            sim_machines: 3,
+            sim_delay: Duration::from_millis(20),
+            commission_timeout: Duration::from_secs(60),
+            postgres: false,
+        }
     }
 }
 
 pub async fn region(opts: Options) -> Option<Region> {
-    let db = if opts.postgres { ingot_store::testing::postgres().await? } else { ingot_store::testing::sqlite().await };
+    let db = if opts.postgres {
+        ingot_store::testing::postgres().await?
+    } else {
+        ingot_store::testing::sqlite().await
+    };
     let store = db.store.clone();
     let sim = SimRegistry::new(Duration::from_millis(300));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -67,18 +76,40 @@ pub async fn region(opts: Options) -> Option<Region> {
     };
     let engine = Engine::new(store.clone(), Arc::new(Drivers { sim: sim.clone() }), cfg);
     let shutdown = CancellationToken::new();
-    let specs = ingot_sim::ensure_fleet(&store, &sim, opts.sim_machines).await.unwrap();
-    let fleet = ingot_sim::SimFleet::new(sim.clone(), Arc::new(Netboot(engine.clone())), specs, opts.sim_delay);
+    let specs = ingot_sim::ensure_fleet(&store, &sim, opts.sim_machines)
+        .await
+        .unwrap();
+    let fleet = ingot_sim::SimFleet::new(
+        sim.clone(),
+        Arc::new(Netboot(engine.clone())),
+        specs,
+        opts.sim_delay,
+    );
     tokio::spawn(fleet.run(shutdown.clone()));
     engine.spawn_background(shutdown.clone());
     let app = ingot_api::router(ingot_api::AppState::new(engine.clone(), Some(sim.clone())));
     let stop = shutdown.clone();
     tokio::spawn(async move {
-        axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await.unwrap();
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
+            .unwrap();
     });
     let admin = store.create_user("admin", true).await.unwrap();
-    let admin_key = store.create_api_key(admin.id, "test").await.unwrap().as_maas_key();
-    Some(Region { url, engine, sim, admin_key, http: reqwest::Client::new(), shutdown, _db: db })
+    let admin_key = store
+        .create_api_key(admin.id, "test")
+        .await
+        .unwrap()
+        .as_maas_key();
+    Some(Region {
+        url,
+        engine,
+        sim,
+        admin_key,
+        http: reqwest::Client::new(),
+        shutdown,
+        _db: db,
+    })
 }
 
 impl Region {
@@ -89,13 +120,21 @@ impl Region {
     }
 
     /// Sends a request; returns status and JSON body (Null when empty/not JSON).
-    pub async fn call(&self, key: Option<&str>, method: Method, path: &str, body: Option<&str>) -> (StatusCode, Value) {
+    pub async fn call(
+        &self,
+        key: Option<&str>,
+        method: Method,
+        path: &str,
+        body: Option<&str>,
+    ) -> (StatusCode, Value) {
         let mut req = self.http.request(method, format!("{}{path}", self.url));
         if let Some(k) = key {
             req = req.bearer_auth(k);
         }
         if let Some(b) = body {
-            req = req.header("content-type", "application/json").body(b.to_owned());
+            req = req
+                .header("content-type", "application/json")
+                .body(b.to_owned());
         }
         let resp = req.send().await.unwrap();
         let status = resp.status();
@@ -104,18 +143,36 @@ impl Region {
     }
 
     pub async fn get(&self, path: &str) -> Value {
-        let (st, v) = self.call(Some(&self.admin_key), Method::GET, path, None).await;
+        let (st, v) = self
+            .call(Some(&self.admin_key), Method::GET, path, None)
+            .await;
         assert_eq!(st, StatusCode::OK, "GET {path}: {v}");
         v
     }
 
-    pub async fn act(&self, key: &str, id: &str, action: &str, body: Option<&str>) -> (StatusCode, Value) {
-        self.call(Some(key), Method::POST, &format!("/api/v1/machines/{id}/actions/{action}"), body).await
+    pub async fn act(
+        &self,
+        key: &str,
+        id: &str,
+        action: &str,
+        body: Option<&str>,
+    ) -> (StatusCode, Value) {
+        self.call(
+            Some(key),
+            Method::POST,
+            &format!("/api/v1/machines/{id}/actions/{action}"),
+            body,
+        )
+        .await
     }
 
     pub async fn machine_ids(&self) -> Vec<String> {
         let list = self.get("/api/v1/machines").await;
-        list.as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap().to_owned()).collect()
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap().to_owned())
+            .collect()
     }
 
     /// Waits (bounded) until the machine reaches `status_name`; panics with its history if not.
@@ -136,6 +193,9 @@ impl Region {
 
     pub async fn bmc_of(&self, id: &str) -> String {
         let m = self.get(&format!("/api/v1/machines/{id}")).await;
-        m["power_parameters"]["power_address"].as_str().unwrap().to_owned()
+        m["power_parameters"]["power_address"]
+            .as_str()
+            .unwrap()
+            .to_owned()
     }
 }
