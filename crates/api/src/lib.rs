@@ -4,9 +4,9 @@
 //! - `/agent/v1/...` (the ephemeral agent, per-boot tokens);
 //! - MAAS 2.0 and tenancy routers are added beside these.
 
+mod agent;
 pub mod auth;
 pub mod error;
-mod agent;
 mod native;
 
 use axum::Router;
@@ -26,7 +26,11 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(engine: Engine, sim: Option<SimRegistry>) -> Self {
-        Self { engine, sim, inner: Arc::new(()) }
+        Self {
+            engine,
+            sim,
+            inner: Arc::new(()),
+        }
     }
 }
 
@@ -52,5 +56,8 @@ async fn healthz(
 }
 
 async fn not_found(uri: axum::http::Uri) -> error::ApiError {
-    error::ApiError::NotFound { kind: "route", id: uri.path().to_owned() }
+    error::ApiError::NotFound {
+        kind: "route",
+        id: uri.path().to_owned(),
+    }
 }
