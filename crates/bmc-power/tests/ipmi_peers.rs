@@ -3,10 +3,22 @@
 //! - OpenIPMI `ipmi_sim` (Debian `openipmi`): power on runs a tiny TCG QEMU (`startcmd`), power
 //!   off stops it, so the tests check a real process appears and disappears. It enforces session
 //!   privilege and offers cipher suites 0–11 (so 3, not 17) and IPMI 1.5 MD5/straight auth.
+//! - VirtualBMC 3.3.0 (pyghmi) in front of a libvirt `type='qemu'` domain: power really starts
+//!   and stops the domain, and boot flags rewrite the domain's `<boot dev=...>`. It offers cipher
+//!   suite 3 only, answers Get Channel Cipher Suites with "invalid command" and answers a
+//!   suite-17 proposal with suite-3 algorithms, which exercises the driver's fallback.
 //! - `ipmitool -I lanplus -C 3` (Debian `ipmitool`) as an independent client reading the same BMC.
 //!
-//! Requirements (the tests fail, never skip, without them): `ipmi_sim`, `ipmitool`,
-//! `qemu-system-x86_64`. Debian: `apt-get install openipmi ipmitool qemu-system-x86`.
+//! Requirements (the tests fail, never skip, without them):
+//! - Debian: `openipmi ipmitool qemu-system-x86 libvirt-daemon-system libvirt-clients
+//!   libvirt-daemon-driver-qemu libvirt-dev pkg-config gcc python3-venv`;
+//! - a venv with `virtualbmc==3.3.0 libvirt-python` at `$INGOT_VBMC_VENV`, else
+//!   `/var/cache/ingot-vbmc-venv` (created on first use with pip, which needs PyPI);
+//! - libvirtd: used if it answers on qemu:///system, else started here (`virtlogd -d`,
+//!   `libvirtd -d`, no systemd needed) and left running like any system service. Before the
+//!   first start the test appends the lab settings of crates-and-lab.md part a to
+//!   /etc/libvirt/qemu.conf (QEMU as root, no namespaces); without them every domain define
+//!   takes ~30 s here and VirtualBMC's boot-device command outlives any IPMI timeout.
 
 use bmc_power::ipmi::crypto::CipherSuite;
 use bmc_power::ipmi::{IpmiDriver, IpmiSettings};
@@ -238,6 +250,294 @@ mod peers {
 
 use peers::IpmiSim;
 
+mod vbmc {
+    use super::peers::{free_tcp_port, free_udp_port, require};
+    use std::fs;
+    use std::os::unix::process::CommandExt;
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Stdio};
+    use std::sync::{Mutex, OnceLock};
+    use std::time::{Duration, Instant};
+
+    const PACKAGES: [&str; 2] = ["virtualbmc==3.3.0", "libvirt-python"];
+    const DEFAULT_VENV: &str = "/var/cache/ingot-vbmc-venv";
+    const LIBVIRT_URI: &str = "qemu:///system";
+    const LIBVIRTD_SOCKET: &str = "/run/libvirt/libvirt-sock";
+    const VIRTLOGD_SOCKET: &str = "/run/libvirt/virtlogd-sock";
+    const QEMU_CONF: &str = "/etc/libvirt/qemu.conf";
+    const LAB_QEMU_CONF: &str = "\n# ingot lab (crates-and-lab.md part a): QEMU as root, no namespaces, no chown\n\
+        user = \"root\"\ngroup = \"root\"\ndynamic_ownership = 0\nremember_owner = 0\nnamespaces = []\n";
+
+    fn run(command: &mut Command) -> String {
+        let out = command
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {command:?}: {e} (is it installed?)"));
+        assert!(
+            out.status.success(),
+            "{command:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The venv holding vbmc/vbmcd, created once per process if missing.
+    pub fn venv() -> &'static Path {
+        static VENV: OnceLock<PathBuf> = OnceLock::new();
+        static CREATING: Mutex<()> = Mutex::new(());
+        VENV.get_or_init(|| {
+            let _one_at_a_time = CREATING.lock().unwrap();
+            let dir = std::env::var_os("INGOT_VBMC_VENV")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_VENV));
+            if !dir.join("bin/vbmcd").exists() {
+                require("python3", "python3-venv");
+                require("pkg-config", "pkg-config");
+                eprintln!("creating {} with {PACKAGES:?}", dir.display());
+                run(Command::new("python3").arg("-m").arg("venv").arg(&dir));
+                run(Command::new(dir.join("bin/pip"))
+                    .args(["install", "--quiet"])
+                    .args(PACKAGES));
+            }
+            assert!(
+                dir.join("bin/vbmcd").exists(),
+                "no vbmcd in {}",
+                dir.display()
+            );
+            dir
+        })
+    }
+
+    fn virsh(args: &[&str]) -> Command {
+        let mut command = Command::new(require("virsh", "libvirt-clients"));
+        command.arg("-c").arg(LIBVIRT_URI).args(args);
+        command
+    }
+
+    fn socket_answers(path: &str) -> bool {
+        std::os::unix::net::UnixStream::connect(path).is_ok()
+    }
+
+    fn libvirt_answers() -> bool {
+        socket_answers(VIRTLOGD_SOCKET)
+            && socket_answers(LIBVIRTD_SOCKET)
+            && virsh(&["uri"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+    }
+
+    /// Starts a daemon that detaches itself (`-d`); stdio is not inherited, so nothing waits on
+    /// the daemon's pipes.
+    fn start_daemon(binary: PathBuf) {
+        let status = Command::new(&binary)
+            .arg("-d")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+        assert!(status.success(), "{} -d failed: {status}", binary.display());
+    }
+
+    /// Makes sure libvirtd (and virtlogd, which starts domains' logging) answer.
+    pub fn ensure_libvirt() {
+        static READY: OnceLock<()> = OnceLock::new();
+        static STARTING: Mutex<()> = Mutex::new(());
+        READY.get_or_init(|| {
+            let _one_at_a_time = STARTING.lock().unwrap();
+            let virtlogd = require("virtlogd", "libvirt-daemon-system");
+            let libvirtd = require("libvirtd", "libvirt-daemon-system");
+            let configured = fs::read_to_string(QEMU_CONF)
+                .unwrap_or_default()
+                .lines()
+                .any(|line| line.trim() == r#"user = "root""#);
+            if libvirt_answers() {
+                assert!(
+                    configured,
+                    "libvirtd runs without the lab settings in {QEMU_CONF}; every domain define \
+                     then re-probes QEMU as libvirt-qemu (~30 s). Stop it, then rerun: the test \
+                     adds {LAB_QEMU_CONF:?} and starts libvirtd"
+                );
+                return;
+            }
+            if !configured {
+                // crates-and-lab.md part a: without these, QEMU runs as libvirt-qemu, which
+                // cannot open /dev/kvm here, and libvirt re-probes capabilities on each define.
+                let mut conf = fs::OpenOptions::new().append(true).open(QEMU_CONF).unwrap();
+                std::io::Write::write_all(&mut conf, LAB_QEMU_CONF.as_bytes()).unwrap();
+            }
+            if !socket_answers(VIRTLOGD_SOCKET) {
+                start_daemon(virtlogd);
+            }
+            if !socket_answers(LIBVIRTD_SOCKET) {
+                fs::create_dir_all("/run/libvirt").unwrap();
+                start_daemon(libvirtd);
+            }
+            // The first start probes QEMU's capabilities, which takes a while under TCG.
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !libvirt_answers() {
+                assert!(
+                    Instant::now() < deadline,
+                    "libvirtd did not answer on {LIBVIRT_URI}"
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        });
+    }
+
+    /// A libvirt domain (TCG, 64 MiB, no disk) behind its own vbmcd; all removed on drop.
+    pub struct VirtualBmc {
+        vbmcd: Option<Child>,
+        pub port: u16,
+        pub domain: String,
+        home: tempfile::TempDir,
+    }
+
+    impl VirtualBmc {
+        pub fn start(user: &str, password: &str) -> Self {
+            require("qemu-system-x86_64", "qemu-system-x86");
+            let venv = venv();
+            ensure_libvirt();
+            let home = tempfile::tempdir().unwrap();
+            let port = free_udp_port();
+            let domain = format!("ingot-vbmc-{}-{port}", std::process::id());
+            let xml = fs::read_to_string(
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/vbmc/domain.xml.in"),
+            )
+            .unwrap()
+            .replace("@NAME@", &domain);
+            fs::write(home.path().join("domain.xml"), xml).unwrap();
+            run(virsh(&["define"]).arg(home.path().join("domain.xml")));
+            // vbmcd's ZMQ control port is global by default (50891): one per test instead.
+            let config_dir = home.path().join(".vbmc");
+            fs::create_dir_all(&config_dir).unwrap();
+            fs::write(
+                config_dir.join("virtualbmc.conf"),
+                format!(
+                    "[default]\nserver_port = {}\nconfig_dir = {}\n[log]\nlogfile = {}\n",
+                    free_tcp_port(),
+                    config_dir.display(),
+                    home.path().join("vbmc.log").display()
+                ),
+            )
+            .unwrap();
+            // Own process group: vbmcd forks one child per BMC, and teardown must get both.
+            let vbmcd = Command::new(venv.join("bin/vbmcd"))
+                .arg("--foreground")
+                .env("HOME", home.path())
+                .current_dir(home.path())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(fs::File::create(home.path().join("vbmcd.err")).unwrap())
+                .process_group(0)
+                .spawn()
+                .expect("start vbmcd");
+            let bmc = VirtualBmc {
+                vbmcd: Some(vbmcd),
+                port,
+                domain,
+                home,
+            };
+            let port_arg = port.to_string();
+            let add = [
+                "add",
+                &bmc.domain,
+                "--port",
+                &port_arg,
+                "--address",
+                "127.0.0.1",
+                "--username",
+                user,
+                "--password",
+                password,
+                "--libvirt-uri",
+                LIBVIRT_URI,
+            ];
+            // vbmcd needs a moment before its control socket answers.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !bmc.vbmc(&add).status().is_ok_and(|s| s.success()) {
+                assert!(Instant::now() < deadline, "vbmcd did not accept `vbmc add`");
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            run(&mut bmc.vbmc(&["start", &bmc.domain]));
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+                assert!(
+                    Instant::now() < deadline,
+                    "virtual BMC did not bind port {port}"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            bmc
+        }
+
+        fn vbmc(&self, args: &[&str]) -> Command {
+            let mut command = Command::new(venv().join("bin/vbmc"));
+            command
+                .args(args)
+                .env("HOME", self.home.path())
+                .current_dir(self.home.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            command
+        }
+
+        /// `virsh domstate`: "running", "shut off", ...
+        pub fn domain_state(&self) -> String {
+            run(&mut virsh(&["domstate", &self.domain]))
+                .trim()
+                .to_owned()
+        }
+
+        /// The `<boot dev=...>` of the persistent definition.
+        pub fn boot_devices(&self) -> Vec<String> {
+            let xml = run(&mut virsh(&["dumpxml", "--inactive", &self.domain]));
+            xml.lines()
+                .filter_map(|line| line.trim().strip_prefix("<boot dev='"))
+                .filter_map(|rest| rest.split('\'').next().map(str::to_owned))
+                .collect()
+        }
+
+        /// Stops the virtual BMC (the domain stays).
+        pub fn stop_bmc(&mut self) {
+            if let Some(mut child) = self.vbmcd.take() {
+                // `-- -PGID` addresses the process group this test created (vbmcd and the BMC
+                // process it forked).
+                let group = format!("-{}", child.id());
+                let _ = Command::new("kill")
+                    .args(["-s", "KILL", "--", &group])
+                    .status();
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while child.try_wait().ok().flatten().is_none() {
+                    assert!(
+                        Instant::now() < deadline,
+                        "vbmcd group {group} did not exit"
+                    );
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+    }
+
+    impl Drop for VirtualBmc {
+        fn drop(&mut self) {
+            self.stop_bmc();
+            let quiet = |args: &[&str]| {
+                let _ = virsh(args)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            };
+            quiet(&["destroy", &self.domain]);
+            quiet(&["undefine", &self.domain]);
+        }
+    }
+}
+
+use vbmc::VirtualBmc;
+
 fn parameters(port: u16, password: &str, power_driver: Option<&str>) -> PowerParameters {
     PowerParameters {
         power_address: Some(format!("127.0.0.1:{port}")),
@@ -257,6 +557,24 @@ fn fast_settings() -> IpmiSettings {
         max_attempts: 4,
         ..IpmiSettings::default()
     }
+}
+
+/// VirtualBMC answers boot-device and power commands only after libvirt redefined or started
+/// the domain, which takes seconds on a loaded 2-core machine: longer attempts, fewer duplicates.
+fn vbmc_settings() -> IpmiSettings {
+    IpmiSettings {
+        call_timeout: Duration::from_secs(60),
+        first_attempt_timeout: Duration::from_secs(3),
+        max_attempt_timeout: Duration::from_secs(6),
+        max_attempts: 4,
+        ..IpmiSettings::default()
+    }
+}
+
+fn vbmc_driver(port: u16, password: &str) -> IpmiDriver {
+    IpmiDriver::from_parameters(&parameters(port, password, None))
+        .unwrap()
+        .with_settings(vbmc_settings())
 }
 
 fn driver(port: u16, password: &str, power_driver: Option<&str>) -> IpmiDriver {
@@ -473,4 +791,100 @@ async fn ipmi_sim_lan15_md5_power_round_trip() {
     });
     wait_for_power(driver.as_ref(), PowerState::Off).await;
     assert_eq!(peers::ipmitool_power_status(sim.port, PASSWORD), "off");
+}
+
+/// ipmi_sim (like IPMI 1.5 BMCs in general) silently drops an Activate Session whose MD5 AuthCode
+/// does not verify; the driver reports that as AuthFailed, not as a flaky network.
+#[tokio::test]
+async fn ipmi_sim_lan15_wrong_password_is_auth_failed() {
+    let sim = IpmiSim::start(PASSWORD);
+    let wrong = driver(sim.port, "not-the-password", Some("LAN"));
+    let error = timed("IPMI 1.5 wrong password", wrong.power_state())
+        .await
+        .unwrap_err();
+    assert_eq!(error, PowerError::AuthFailed { user: USER.into() });
+    let mut unknown = parameters(sim.port, PASSWORD, Some("LAN"));
+    unknown.power_user = Some("nobody".into());
+    let unknown = IpmiDriver::from_parameters(&unknown)
+        .unwrap()
+        .with_settings(fast_settings());
+    assert_eq!(
+        timed("IPMI 1.5 unknown user", unknown.power_state()).await,
+        Err(PowerError::AuthFailed {
+            user: "nobody".into()
+        })
+    );
+    assert_eq!(
+        driver(sim.port, PASSWORD, Some("LAN")).power_state().await,
+        Ok(PowerState::Off)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vbmc_power_and_boot_device_drive_a_libvirt_domain() {
+    let started = Instant::now();
+    let bmc = VirtualBmc::start(USER, PASSWORD);
+    eprintln!("vbmc + domain ready in {:?}", started.elapsed());
+    let driver = vbmc_driver(bmc.port, PASSWORD);
+
+    assert_eq!(
+        timed("vbmc status (cold)", driver.power_state()).await,
+        Ok(PowerState::Off)
+    );
+    assert_eq!(bmc.domain_state(), "shut off");
+    // pyghmi rejects Get Channel Cipher Suites and answers a suite-17 proposal with suite-3
+    // algorithms: the driver falls back to suite 3.
+    assert_eq!(driver.negotiated_suite(), Some(CipherSuite::Suite3));
+
+    timed(
+        "vbmc set boot pxe once",
+        driver.set_boot_device(BootDevice::Pxe, BootPersistence::Once),
+    )
+    .await
+    .unwrap();
+    assert_eq!(bmc.boot_devices(), ["network"]);
+    timed(
+        "vbmc set boot disk persistent",
+        driver.set_boot_device(BootDevice::Disk, BootPersistence::Persistent),
+    )
+    .await
+    .unwrap();
+    assert_eq!(bmc.boot_devices(), ["hd"]);
+    driver
+        .set_boot_device(BootDevice::Pxe, BootPersistence::Persistent)
+        .await
+        .unwrap();
+    assert_eq!(bmc.boot_devices(), ["network"]);
+
+    timed("vbmc power on", driver.power_on()).await.unwrap();
+    let settled = wait_for_power(&driver, PowerState::On).await;
+    eprintln!("vbmc reported on {settled:?} after the call returned");
+    assert_eq!(bmc.domain_state(), "running");
+    assert_eq!(peers::ipmitool_power_status(bmc.port, PASSWORD), "on");
+
+    timed("vbmc power off", driver.power_off()).await.unwrap();
+    wait_for_power(&driver, PowerState::Off).await;
+    assert_eq!(bmc.domain_state(), "shut off");
+    assert_eq!(peers::ipmitool_power_status(bmc.port, PASSWORD), "off");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vbmc_wrong_password_and_stopped_bmc() {
+    let mut bmc = VirtualBmc::start(USER, PASSWORD);
+    let wrong = vbmc_driver(bmc.port, "not-the-password");
+    assert_eq!(
+        timed("vbmc wrong password", wrong.power_state()).await,
+        Err(PowerError::AuthFailed { user: USER.into() })
+    );
+    let good = driver(bmc.port, PASSWORD, None);
+    assert_eq!(good.power_state().await, Ok(PowerState::Off));
+    bmc.stop_bmc();
+    let error = timed("vbmc stopped", good.power_state()).await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            PowerError::Unreachable { .. } | PowerError::Timeout { .. }
+        ),
+        "{error:?}"
+    );
 }

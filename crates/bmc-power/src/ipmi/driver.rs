@@ -444,8 +444,11 @@ impl IpmiDriver {
             {
                 Ok(HandshakeStep::Send(next)) => packet = Some(next),
                 Ok(HandshakeStep::Established(session)) => return Ok(session),
-                // IPMI 1.5 BMCs drop packets with a wrong AuthCode silently, so a wrong password
-                // shows up as silence after Activate Session.
+                // The BMC answered the challenge but ignores every signed Activate Session:
+                // it drops packets whose AuthCode does not verify, i.e. the password is wrong.
+                Err(PowerError::Timeout { .. }) if handshake.awaiting_activation() => {
+                    return Err(self.auth_failed());
+                }
                 Err(error) => return Err(error),
             }
         }

@@ -776,6 +776,13 @@ impl Lan15Handshake {
         self.last_packet.clone()
     }
 
+    /// True once the challenge was answered and Activate Session was sent. IPMI 1.5 BMCs drop
+    /// an Activate Session whose AuthCode does not verify, so silence here means a wrong
+    /// password far more often than a lossy network.
+    pub fn awaiting_activation(&self) -> bool {
+        matches!(self.stage, Lan15Stage::Activate { .. })
+    }
+
     fn activate_request(&self, challenge: &[u8; 16]) -> Request {
         commands::activate_session(
             self.auth_type,
