@@ -419,3 +419,21 @@ async fn observer_sees_each_request_outcome() {
         got[1]
     );
 }
+
+/// Windowed transfers give the same bytes with whole windows sent as one GSO datagram train
+/// and with one send per block.
+#[tokio::test]
+async fn windowed_transfers_with_and_without_gso() {
+    for gso in [true, false] {
+        let s = start(|cfg| cfg.udp_gso = gso).await;
+        for (blksize, window) in [(512, 4), (1432, 4), (1468, 16), (1024, 64)] {
+            let got = client::fetch(s.addr, "big.bin", &opts(Some(blksize), Some(window), true))
+                .await
+                .unwrap_or_else(|e| panic!("gso {gso} blksize {blksize} window {window}: {e}"));
+            assert!(
+                got.bytes == pattern(300_000, 2),
+                "gso {gso} blksize {blksize} window {window}"
+            );
+        }
+    }
+}

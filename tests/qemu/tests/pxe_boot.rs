@@ -164,6 +164,15 @@ fn uefi_vm_with_local_disk_decision_gets_the_local_script() {
         "{:#?}",
         booted.stack.events()
     );
+    // Shows what the firmware negotiates (EDK2 asks for blksize, tsize and windowsize).
+    for event in booted.stack.events() {
+        if let LabEvent::Tftp(r) = event {
+            eprintln!(
+                "uefi-local: TFTP {} {:?} -> {:?}",
+                r.file, r.requested_options, r.outcome
+            );
+        }
+    }
     assert!(
         booted.script.contains("from its local disk"),
         "{}",
