@@ -120,6 +120,27 @@ pub struct ServeArgs {
     /// Log format: text or json.
     #[arg(long, env = "INGOT_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// Run the PXE services (DHCP, TFTP, HTTP boot) on this interface only.
+    #[arg(long, env = "INGOT_PXE_INTERFACE")]
+    pub pxe_interface: Option<String>,
+    /// The PXE subnet (CIDR); the interface's address in it is next-server and HTTP host.
+    #[arg(long, env = "INGOT_PXE_SUBNET")]
+    pub pxe_subnet: Option<String>,
+    /// Dynamic range START-END handed out by Ingot's DHCP (not needed with --proxy-dhcp).
+    #[arg(long, env = "INGOT_PXE_RANGE")]
+    pub pxe_range: Option<String>,
+    /// proxyDHCP: leave addresses to the site's DHCP server, answer only the PXE part.
+    #[arg(long, env = "INGOT_PROXY_DHCP")]
+    pub proxy_dhcp: bool,
+    /// HTTP boot port (MAAS's rack uses 5248).
+    #[arg(long, env = "INGOT_PXE_HTTP_PORT")]
+    pub pxe_http_port: Option<u16>,
+    /// Directory with the iPXE binaries served by TFTP (Debian's `ipxe` package).
+    #[arg(long, env = "INGOT_TFTP_ROOT")]
+    pub tftp_root: Option<PathBuf>,
+    /// Directory served under /images/ (ephemeral kernel and initrd, deploy images).
+    #[arg(long, env = "INGOT_IMAGES_DIR")]
+    pub images_dir: Option<PathBuf>,
 }
 
 /// The config file's shape (all optional).
@@ -136,6 +157,13 @@ pub struct FileConfig {
     pub deploy_timeout: Option<u64>,
     pub power_sync_interval: Option<u64>,
     pub log_format: Option<String>,
+    pub pxe_interface: Option<String>,
+    pub pxe_subnet: Option<String>,
+    pub pxe_range: Option<String>,
+    pub proxy_dhcp: Option<bool>,
+    pub pxe_http_port: Option<u16>,
+    pub tftp_root: Option<PathBuf>,
+    pub images_dir: Option<PathBuf>,
 }
 
 /// Settings after precedence is applied.
@@ -150,6 +178,7 @@ pub struct Settings {
     pub deploy_timeout: u64,
     pub power_sync_interval: u64,
     pub log_format: String,
+    pub pxe: Option<crate::pxe::PxeSettings>,
 }
 
 impl ServeArgs {
@@ -186,7 +215,50 @@ impl ServeArgs {
         if !matches!(log_format.as_str(), "text" | "json") {
             anyhow::bail!("--log-format must be text or json, not {log_format:?}");
         }
+        let pxe = match self.pxe_interface.clone().or(file.pxe_interface) {
+            None => None,
+            Some(interface) => {
+                let subnet = self
+                    .pxe_subnet
+                    .clone()
+                    .or(file.pxe_subnet)
+                    .context("--pxe-subnet is required with --pxe-interface")?;
+                let subnet: ipnet::Ipv4Net = subnet
+                    .parse()
+                    .with_context(|| format!("--pxe-subnet {subnet:?} is not an IPv4 CIDR"))?;
+                let range = self
+                    .pxe_range
+                    .clone()
+                    .or(file.pxe_range)
+                    .map(|r| crate::pxe::parse_range(&r))
+                    .transpose()?;
+                let data_dir = self
+                    .db
+                    .data_dir
+                    .clone()
+                    .or(file.data_dir.clone())
+                    .unwrap_or_else(|| PathBuf::from("./ingot-data"));
+                Some(crate::pxe::PxeSettings {
+                    interface,
+                    subnet,
+                    range,
+                    proxy: self.proxy_dhcp || file.proxy_dhcp.unwrap_or(false),
+                    http_port: self.pxe_http_port.or(file.pxe_http_port).unwrap_or(5248),
+                    tftp_root: self
+                        .tftp_root
+                        .clone()
+                        .or(file.tftp_root)
+                        .unwrap_or_else(|| PathBuf::from("/usr/lib/ipxe")),
+                    images_dir: self
+                        .images_dir
+                        .clone()
+                        .or(file.images_dir)
+                        .unwrap_or_else(|| data_dir.join("images")),
+                })
+            }
+        };
         Ok(Settings {
+            pxe,
             db: DbArgs {
                 data_dir: self.db.data_dir.clone().or(file.data_dir),
                 database_url: self.db.database_url.clone().or(file.database_url),

@@ -1,7 +1,9 @@
 //! `ingot`: the one binary. Only this crate reads flags, environment and config files.
 
 mod config;
+mod pxe;
 mod serve;
+mod tenant;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -26,6 +28,11 @@ enum Command {
     Admin {
         #[command(subcommand)]
         command: AdminCommand,
+    },
+    /// Tenants of the cloud API: accounts, client credentials, quotas.
+    Tenant {
+        #[command(subcommand)]
+        command: tenant::TenantCommand,
     },
 }
 
@@ -59,6 +66,7 @@ fn main() -> Result<()> {
         match cli.command {
             Command::Serve(args) => serve::run(*args).await,
             Command::Admin { command } => admin(command).await,
+            Command::Tenant { command } => tenant::run(command).await,
         }
     })
 }

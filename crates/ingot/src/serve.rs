@@ -29,7 +29,11 @@ impl ingot_sim::Netboot for EngineNetboot {
 fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,tower_http=info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Logs go to stderr; stdout carries only the lines meant for the operator.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if format == "json" {
         builder.json().init();
     } else {
@@ -76,6 +80,13 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         tasks.push(tokio::spawn(async move { fleet.run(stop).await }));
     }
     tasks.extend(engine.spawn_background(shutdown.clone()));
+    if let Some(p) = &s.pxe {
+        tasks.extend(
+            crate::pxe::start(p, &engine, shutdown.clone())
+                .await
+                .context("starting the PXE services")?,
+        );
+    }
 
     let app = ingot_api::router(ingot_api::AppState::new(
         engine.clone(),
