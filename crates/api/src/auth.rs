@@ -1,5 +1,5 @@
 //! Who is calling. The native API takes `Authorization: Bearer consumer_key:token_key:secret`
-//! (a MAAS API key); anything else is 401.
+//! (a MAAS API key) or `Bearer <OAuth2 access token>` (tenancy); anything else is 401.
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -39,7 +39,10 @@ impl FromRequestParts<AppState> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let key = bearer(parts).ok_or(ApiError::Unauthorized)?;
-        let (ck, tk, ts) = split_api_key(key).ok_or(ApiError::Unauthorized)?;
+        let Some((ck, tk, ts)) = split_api_key(key) else {
+            // Not an API key: an OAuth2 access token acts as its account's owner identity.
+            return crate::tenancy::caller_for_access_token(state.engine.store(), key).await;
+        };
         let user = state
             .engine
             .store()

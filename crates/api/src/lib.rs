@@ -8,6 +8,7 @@ mod agent;
 pub mod auth;
 pub mod error;
 mod native;
+pub mod tenancy;
 
 use axum::Router;
 use axum::routing::get;
@@ -40,6 +41,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .merge(native::router())
         .merge(agent::router())
+        .merge(tenancy::router())
         .fallback(not_found)
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
