@@ -7,6 +7,7 @@
 mod agent;
 pub mod auth;
 pub mod error;
+pub mod maas;
 mod native;
 pub mod tenancy;
 
@@ -41,6 +42,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .merge(native::router())
         .merge(agent::router())
+        .merge(maas::router())
         .merge(tenancy::router())
         .fallback(not_found)
         .layer(tower_http::trace::TraceLayer::new_for_http())
