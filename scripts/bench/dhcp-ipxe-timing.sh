@@ -6,7 +6,8 @@
 # Bounded: QEMU runs for $DURATION seconds (default 40); the namespace is deleted on exit.
 #
 # Usage: sudo scripts/bench/dhcp-ipxe-timing.sh [ingot|dnsmasq]
-# Env:   RA=1 also sends IPv6 router advertisements on the tap (shows the fix for the wait);
+# Env:   RA=1 also answers IPv6 router solicitations on the tap (Ingot's own advertiser, or a
+#        python3 sender for dnsmasq), which removes iPXE's wait;
 #        SKIP_BUILD=1 uses the already built example binary; KEEP_LOGS=1 keeps the pcap.
 # Needs: root, iproute2, qemu-system-x86, ipxe-qemu, tcpdump, cargo (and dnsmasq-base for the
 # comparison run).
@@ -46,7 +47,7 @@ case $SERVER in
 ingot)
     ip netns exec "$NS" "$CARGO_TARGET_DIR/release/examples/dhcp_bench_server" --interface "$TAP" \
         --server-ip 10.77.0.1 --subnet 10.77.0.0/24 --range 10.77.0.100-10.77.0.150 \
-        --lease-file "$WORK/leases" 2>"$WORK/server.log" &
+        --lease-file "$WORK/leases" ${RA:+--router-advertisements} 2>"$WORK/server.log" &
     ;;
 dnsmasq)
     ip netns exec "$NS" dnsmasq -k --conf-file=/dev/null --port=0 --user=root --interface="$TAP" \
@@ -57,8 +58,8 @@ dnsmasq)
 *) echo "unknown server $SERVER" >&2; exit 2 ;;
 esac
 PIDS+=($!)
-if [ -n "${RA:-}" ]; then
-    # Mitigation check: a minimal IPv6 router advertisement (no prefixes, M/O flags clear,
+if [ -n "${RA:-}" ] && [ "$SERVER" != ingot ]; then
+    # Ingot answers router solicitations itself (--router-advertisements); for the others: a minimal IPv6 router advertisement (no prefixes, M/O flags clear,
     # router lifetime 0) every 0.25 s ends iPXE's router discovery at once.
     ip netns exec "$NS" timeout "$DURATION" python3 -c '
 import socket, sys, time

@@ -128,7 +128,7 @@ impl BootBackend for NoBackend {
 fn usage() -> ! {
     eprintln!(
         "usage: dhcp_bench_server --interface IF --server-ip IP --subnet CIDR --range FIRST-LAST \
-         --lease-file PATH [--lease-time SECS] [--proxy]"
+         --lease-file PATH [--lease-time SECS] [--proxy] [--router-advertisements]"
     );
     std::process::exit(2)
 }
@@ -138,7 +138,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let (mut interface, mut server_ip, mut subnet, mut range, mut lease_file) =
         (None, None, None, None, None);
-    let (mut lease_time, mut proxy) = (600u32, false);
+    let (mut lease_time, mut proxy, mut router_advertisements) = (600u32, false, false);
     while let Some(arg) = args.next() {
         let mut value = || args.next().unwrap_or_else(|| usage());
         match arg.as_str() {
@@ -153,6 +153,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--lease-file" => lease_file = Some(PathBuf::from(value())),
             "--lease-time" => lease_time = value().parse()?,
             "--proxy" => proxy = true,
+            "--router-advertisements" => router_advertisements = true,
             _ => usage(),
         }
     }
@@ -167,6 +168,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let mut config = DhcpConfig::new(interface, server_ip, subnets);
     config.lease_time = lease_time;
+    config.router_advertisements = router_advertisements;
     if proxy {
         config.mode = DhcpMode::Proxy;
     }

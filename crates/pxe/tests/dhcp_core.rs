@@ -417,6 +417,18 @@ fn broadcast_flag_and_relay_addressing() {
     );
     assert_eq!(ack.lease.unwrap().subnet, "10.78.0.0/24");
 
+    // A relayed NAK sets the broadcast bit for the relay.
+    let nak = answer(
+        &mut core,
+        &relayed(REQUEST).requested(ip(10, 78, 0, 7)),
+        &ctx(0),
+    );
+    assert_eq!(
+        (nak.msg_type(), nak.to),
+        (MessageType::Nak, SocketAddrV4::new(RELAY, 67))
+    );
+    assert!(nak.msg.flags().broadcast());
+
     // A relay from a network we do not serve: dropped.
     let mut unknown = Packet::new(DISCOVER, 11);
     unknown.giaddr = ip(10, 99, 0, 1);

@@ -373,6 +373,88 @@ fn leases_survive_a_server_restart() {
     assert_eq!(store.snapshot().len(), 2);
 }
 
+/// Waits until the interface's IPv6 link-local address has finished duplicate address
+/// detection; until then the kernel will not send from it.
+fn wait_for_link_local(ns: &str, dev: &str) {
+    for _ in 0..100 {
+        let out = Command::new("ip")
+            .args(["-n", ns, "-6", "addr", "show", "dev", dev])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        if text.contains("fe80::") && !text.contains("tentative") {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("no usable link-local address on {dev} in {ns}");
+}
+
+/// Sends a router solicitation from the client namespace; returns the first ICMPv6 router
+/// advertisement received within 3 s.
+fn solicit_router(ns: &str, dev: &str) -> Option<Vec<u8>> {
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    use std::io::Read;
+    let (ns, dev) = (ns.to_string(), dev.to_string());
+    std::thread::spawn(move || {
+        let ns_file = File::open(Path::new("/var/run/netns").join(&ns)).unwrap();
+        // SAFETY: setns on a valid namespace fd only changes this thread's namespace.
+        assert_eq!(
+            unsafe { libc::setns(ns_file.as_raw_fd(), libc::CLONE_NEWNET) },
+            0
+        );
+        let index = pxe::dhcp::router_advert::interface_index(&dev).unwrap();
+        let socket = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6)).unwrap();
+        socket.bind_device(Some(dev.as_bytes())).unwrap();
+        socket.set_multicast_hops_v6(255).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let all_routers = std::net::SocketAddrV6::new("ff02::2".parse().unwrap(), 0, 0, index);
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        let mut buf = [0u8; 1500];
+        socket
+            .send_to(&[133, 0, 0, 0, 0, 0, 0, 0], &SockAddr::from(all_routers))
+            .unwrap();
+        while std::time::Instant::now() < deadline {
+            if let Ok(len) = (&socket).read(&mut buf)
+                && buf[0] == 134
+            {
+                return Some(buf[..len].to_vec());
+            }
+        }
+        None
+    })
+    .join()
+    .unwrap()
+}
+
+#[test]
+fn router_solicitation_gets_a_bare_advertisement() {
+    let lab = Lab::new();
+    wait_for_link_local(&lab.server_ns, &lab.server_if);
+    wait_for_link_local(&lab.client_ns, &lab.client_if);
+    let store: Arc<dyn LeaseStore> = Arc::new(MemoryLeaseStore::new());
+    let backend: Arc<dyn BootBackend> = Arc::new(RecordingBackend::default());
+
+    // Off by default: nobody answers.
+    let server = RunningServer::start(&lab.server_ns, lab.config(), store.clone(), backend.clone());
+    assert_eq!(solicit_router(&lab.client_ns, &lab.client_if), None);
+    server.stop();
+
+    let mut config = lab.config();
+    config.router_advertisements = true;
+    let server = RunningServer::start(&lab.server_ns, config, store, backend);
+    let ra = solicit_router(&lab.client_ns, &lab.client_if).expect("router advertisement");
+    assert_eq!(ra.len(), 16);
+    assert_eq!(
+        &ra[4..8],
+        &[64, 0, 0, 0],
+        "hop limit 64, no M/O flags, router lifetime 0"
+    );
+    server.stop();
+}
+
 #[test]
 fn failed_commit_withholds_the_ack() {
     let lab = Lab::new();

@@ -35,6 +35,10 @@ pub struct DhcpConfig {
     /// subnet (dnsmasq's `dhcp-authoritative`). Lets clients keep their address across a lost
     /// lease database; a non-authoritative server stays silent instead (RFC 2131 §4.3.2).
     pub authoritative: bool,
+    /// Answer IPv6 router solicitations on the interface with a bare router advertisement
+    /// (no prefixes, lifetime 0) so iPXE does not wait for IPv6 configuration; see
+    /// [`super::router_advert`]. For links without an IPv6 router of their own.
+    pub router_advertisements: bool,
     pub boot: BootConfig,
 }
 
@@ -55,6 +59,7 @@ impl DhcpConfig {
             offer_hold: 30,
             decline_quarantine: 600,
             authoritative: true,
+            router_advertisements: false,
             boot: BootConfig::default(),
         }
     }

@@ -313,6 +313,11 @@ impl DhcpCore {
                 let mut msg = reply_to(req, MessageType::Nak);
                 msg.opts_mut()
                     .insert(DhcpOption::ServerIdentifier(self.config.server_ip));
+                if !req.giaddr.is_unspecified() {
+                    // RFC 2131 §4.3.2: a relayed NAK asks the relay to broadcast it, since the
+                    // client's address is the one being refused.
+                    msg.set_flags(msg.flags().set_broadcast());
+                }
                 self.reply(req, msg, MessageType::Nak, None)
             }
         }

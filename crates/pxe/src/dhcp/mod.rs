@@ -20,9 +20,10 @@
 //!    (0.25 s doubling up to 10 s), i.e. about 15.5 s from the start of configuration; Debian 12's
 //!    `ipxe-qemu` ROMs are from 2019-01. DHCP finishes after ~2–3 s, so iPXE idles ~13 s after
 //!    the ACK whatever the DHCP server says. Newer iPXE caps it at 3 s (~3.75 s in total). Fixes
-//!    are outside DHCP: a newer iPXE build for the chain-loaded binary, an IPv6 router
-//!    advertisement on the provisioning link, or scripts that run `ifconf -c dhcp` instead of
-//!    plain `autoboot`.
+//!    are outside DHCP: an IPv6 router advertisement on the provisioning link (measured: first
+//!    HTTP request after 0.05 s instead of 16.09 s; [`router_advert`] sends one when
+//!    [`DhcpConfig::router_advertisements`] is on), a newer iPXE build for the chain-loaded
+//!    binary, or scripts that run `ifconf -c dhcp` instead of plain `autoboot`.
 //! 2. **DHCP-caused waits, which this server avoids:**
 //!    - In discovery iPXE keeps collecting ProxyDHCP offers for `DHCP_DISC_PROXY_TIMEOUT_SEC`
 //!      (2 s, effectively until the 3 s retransmit) unless the chosen OFFER carries
@@ -48,6 +49,7 @@ pub mod config;
 mod core;
 pub mod packet;
 pub mod pool;
+pub mod router_advert;
 pub mod server;
 pub mod store;
 

@@ -44,6 +44,12 @@ pub enum DhcpServerError {
         #[source]
         source: io::Error,
     },
+    #[error("IPv6 router advertiser on interface {interface}")]
+    RouterAdvertiser {
+        interface: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("loading leases")]
     LoadLeases(#[source] BackendError),
     #[error("receiving on UDP port {port}")]
@@ -130,6 +136,15 @@ pub async fn run(
         mode = ?core.config().mode,
         "DHCP server listening"
     );
+
+    // Best effort: without it iPXE only boots slower, so a failure is logged, not fatal.
+    let _advertiser = if core.config().router_advertisements {
+        super::router_advert::spawn_router_advertiser(&core.config().interface)
+            .inspect_err(|e| tracing::warn!(error = %e, "no IPv6 router advertisements"))
+            .ok()
+    } else {
+        None
+    };
 
     let (job_tx, job_rx) = mpsc::channel(COMMIT_QUEUE);
     let committer = tokio::spawn(commit_loop(job_rx, lease_store, dhcp_socket.clone()));
