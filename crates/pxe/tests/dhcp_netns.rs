@@ -455,6 +455,163 @@ fn router_solicitation_gets_a_bare_advertisement() {
     server.stop();
 }
 
+/// A PXE client conversation from the client namespace: sends each packet to its address and
+/// returns the decoded answers (one per packet, within 3 s each).
+fn pxe_client_exchange(
+    ns: &str,
+    dev: &str,
+    packets: Vec<(dhcproto::v4::Message, std::net::SocketAddrV4)>,
+) -> Vec<(dhcproto::v4::Message, std::net::SocketAddr)> {
+    use dhcproto::{Decodable, Decoder, Encodable, Encoder};
+    use socket2::{Domain, Protocol, Socket, Type};
+    let (ns, dev) = (ns.to_string(), dev.to_string());
+    std::thread::spawn(move || {
+        let ns_file = File::open(Path::new("/var/run/netns").join(&ns)).unwrap();
+        // SAFETY: setns on a valid namespace fd only changes this thread's namespace.
+        assert_eq!(
+            unsafe { libc::setns(ns_file.as_raw_fd(), libc::CLONE_NEWNET) },
+            0
+        );
+        let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+        socket.bind_device(Some(dev.as_bytes())).unwrap();
+        socket.set_broadcast(true).unwrap();
+        socket.set_reuse_address(true).unwrap();
+        socket
+            .bind(&std::net::SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68).into())
+            .unwrap();
+        let socket = std::net::UdpSocket::from(socket);
+        socket
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .unwrap();
+        let mut answers = Vec::new();
+        for (msg, to) in packets {
+            let mut bytes = Vec::new();
+            msg.encode(&mut Encoder::new(&mut bytes)).unwrap();
+            socket.send_to(&bytes, to).unwrap();
+            let mut buf = [0u8; 1500];
+            let Ok((len, from)) = socket.recv_from(&mut buf) else {
+                break;
+            };
+            answers.push((
+                dhcproto::v4::Message::decode(&mut Decoder::new(&buf[..len])).unwrap(),
+                from,
+            ));
+        }
+        answers
+    })
+    .join()
+    .unwrap()
+}
+
+fn uefi_pxe_packet(msg_type: dhcproto::v4::MessageType, ciaddr: Ipv4Addr) -> dhcproto::v4::Message {
+    use dhcproto::v4::{Architecture, DhcpOption, Message};
+    let mut msg = Message::new(
+        ciaddr,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        &[0x52, 0x54, 0, 0x79, 3, 1],
+    );
+    let opts = msg.opts_mut();
+    opts.insert(DhcpOption::MessageType(msg_type));
+    opts.insert(DhcpOption::ClassIdentifier(
+        b"PXEClient:Arch:00007:UNDI:003016".to_vec(),
+    ));
+    opts.insert(DhcpOption::ClientSystemArchitecture(Architecture::from(7)));
+    msg
+}
+
+/// proxyDHCP: the OFFER on port 67 has no address and, for UEFI, no boot file; the firmware
+/// then asks port 4011 and gets the file from there.
+#[test]
+fn proxy_mode_offer_then_port_4011() {
+    use dhcproto::v4::{DhcpOption, MessageType, OptionCode};
+    use std::net::{SocketAddr, SocketAddrV4};
+    let lab = Lab::new();
+    let mut config = lab.config();
+    config.mode = pxe::dhcp::DhcpMode::Proxy;
+    config.subnets.clear();
+    let store: Arc<dyn LeaseStore> = Arc::new(MemoryLeaseStore::new());
+    let backend = Arc::new(RecordingBackend::default());
+    let server = RunningServer::start(&lab.server_ns, config, store, backend.clone());
+
+    let broadcast = SocketAddrV4::new(Ipv4Addr::BROADCAST, 67);
+    let answers = pxe_client_exchange(
+        &lab.client_ns,
+        &lab.client_if,
+        vec![(
+            uefi_pxe_packet(MessageType::Discover, Ipv4Addr::UNSPECIFIED),
+            broadcast,
+        )],
+    );
+    let (offer, from) = &answers[0];
+    assert_eq!(offer.opts().msg_type(), Some(MessageType::Offer));
+    assert_eq!(*from, SocketAddr::from((SERVER_IP, 67)));
+    assert_eq!(offer.yiaddr(), Ipv4Addr::UNSPECIFIED);
+    assert_eq!(offer.siaddr(), SERVER_IP);
+    assert!(offer.opts().get(OptionCode::BootfileName).is_none());
+    assert_eq!(
+        offer.opts().get(OptionCode::ClassIdentifier),
+        Some(&DhcpOption::ClassIdentifier(b"PXEClient".to_vec()))
+    );
+
+    // The address came from "another" DHCP server; now ask the boot server on 4011.
+    let client_ip = Ipv4Addr::new(10, 79, 0, 50);
+    sh(&[
+        "ip",
+        "-n",
+        &lab.client_ns,
+        "addr",
+        "add",
+        "10.79.0.50/24",
+        "dev",
+        &lab.client_if,
+    ]);
+    let answers = pxe_client_exchange(
+        &lab.client_ns,
+        &lab.client_if,
+        vec![(
+            uefi_pxe_packet(MessageType::Request, client_ip),
+            SocketAddrV4::new(SERVER_IP, 4011),
+        )],
+    );
+    let (ack, from) = &answers[0];
+    assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
+    assert_eq!(
+        *from,
+        SocketAddr::from((SERVER_IP, 4011)),
+        "answered from the boot server port"
+    );
+    assert_eq!(
+        ack.opts().get(OptionCode::BootfileName),
+        Some(&DhcpOption::BootfileName(b"snponly.efi".to_vec()))
+    );
+    assert_eq!(
+        ack.opts().get(OptionCode::VendorExtensions),
+        Some(&DhcpOption::VendorExtensions(vec![6, 1, 8, 255]))
+    );
+
+    let counters = server.stop();
+    assert_eq!(
+        (
+            counters.proxy_offers,
+            counters.proxy_acks,
+            counters.offers,
+            counters.acks
+        ),
+        (1, 1, 0, 0)
+    );
+    assert_eq!(
+        counters.leases_committed, 0,
+        "proxyDHCP hands out no leases"
+    );
+    assert_eq!(
+        backend.sightings.lock().unwrap().len(),
+        1,
+        "the 4011 request within 10 s is the same sighting"
+    );
+}
+
 #[test]
 fn failed_commit_withholds_the_ack() {
     let lab = Lab::new();
