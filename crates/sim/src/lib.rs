@@ -77,7 +77,7 @@ pub fn spec(index: usize) -> SimMachineSpec {
             product: "SimServer".into(),
             serial: format!("SIM-{index:06}"),
         },
-        boot_mode: if index % 2 == 0 {
+        boot_mode: if index.is_multiple_of(2) {
             BootMode::Uefi
         } else {
             BootMode::Bios
