@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use ingot_types::boot::BootDecision;
 use ingot_types::net::Sighting;
 use pxe::backend::{BackendError, BootBackend, ClientInfo, LeaseStore};
-use pxe::dhcp::server::run;
+use pxe::dhcp::server::run_with_stats;
 use pxe::dhcp::{DhcpConfig, DhcpCounters, MemoryLeaseStore, SubnetConfig};
 use std::collections::HashMap;
 use std::fs::File;
@@ -224,6 +224,8 @@ impl BootBackend for RecordingBackend {
 
 /// A DHCP server running in `netns` until dropped or stopped.
 struct RunningServer {
+    /// Counters published by the server.
+    stats: tokio::sync::watch::Receiver<DhcpCounters>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<DhcpCounters>>,
 }
@@ -238,6 +240,7 @@ impl RunningServer {
         let ns_path = Path::new("/var/run/netns").join(netns);
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stats_tx, stats) = tokio::sync::watch::channel(DhcpCounters::default());
         let thread = std::thread::spawn(move || {
             let ns = File::open(&ns_path).expect("open netns");
             // SAFETY: setns on a valid namespace fd only changes this thread's namespace.
@@ -252,7 +255,7 @@ impl RunningServer {
                 let shutdown = async move {
                     let _ = stop_rx.await;
                 };
-                run(config, store, backend, shutdown)
+                run_with_stats(config, store, backend, shutdown, stats_tx)
                     .await
                     .expect("DHCP server")
             })
@@ -263,6 +266,7 @@ impl RunningServer {
         // The sockets are bound right after `run` starts; give the runtime a moment.
         std::thread::sleep(Duration::from_millis(200));
         RunningServer {
+            stats,
             stop: Some(stop_tx),
             thread: Some(thread),
         }
@@ -327,7 +331,9 @@ fn udhcpc_gets_a_lease_and_pxe_boot_file() {
         "http://10.79.0.1:5248/ipxe/52:54:00:79:00:03"
     );
 
+    let stats = server.stats.clone();
     let counters = server.stop();
+    assert_eq!(*stats.borrow(), counters, "the final snapshot is published");
     assert_eq!((counters.offers, counters.acks), (3, 3), "{counters:?}");
     assert_eq!(counters.leases_committed, 3);
     assert_eq!(counters.dropped(), 0, "{counters:?}");

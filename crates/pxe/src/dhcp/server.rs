@@ -20,9 +20,10 @@ use std::future::Future;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// Most leases committed in one `LeaseStore::commit` call.
 pub const MAX_BATCH: usize = 2048;
@@ -97,13 +98,33 @@ enum Job {
     Remove(Ipv4Addr),
 }
 
+/// Committer counts, shared with the receive loop for the published snapshot.
 #[derive(Default)]
 struct CommitStats {
-    batches: u64,
-    leases: u64,
-    failures: u64,
-    send_errors: u64,
+    batches: AtomicU64,
+    leases: AtomicU64,
+    failures: AtomicU64,
+    send_errors: AtomicU64,
 }
+
+impl CommitStats {
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The core's counters plus ours.
+    fn merged(&self, core: &DhcpCounters) -> DhcpCounters {
+        let mut c = core.clone();
+        c.commit_batches += self.batches.load(Ordering::Relaxed);
+        c.leases_committed += self.leases.load(Ordering::Relaxed);
+        c.commit_failures += self.failures.load(Ordering::Relaxed);
+        c.send_errors += self.send_errors.load(Ordering::Relaxed);
+        c
+    }
+}
+
+/// How often [`run_with_stats`] publishes counters.
+const STATS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Runs the DHCP server until `shutdown` completes. Leases are loaded from `lease_store` first.
 /// Returns the final counters; pending ACKs are committed and sent before returning.
@@ -112,6 +133,19 @@ pub async fn run(
     lease_store: Arc<dyn LeaseStore>,
     backend: Arc<dyn BootBackend>,
     shutdown: impl Future<Output = ()>,
+) -> Result<DhcpCounters, DhcpServerError> {
+    let (stats, _) = watch::channel(DhcpCounters::default());
+    run_with_stats(config, lease_store, backend, shutdown, stats).await
+}
+
+/// [`run`], also publishing the counters to `stats` about once a second while packets arrive
+/// (for metrics), and once more at the end.
+pub async fn run_with_stats(
+    config: DhcpConfig,
+    lease_store: Arc<dyn LeaseStore>,
+    backend: Arc<dyn BootBackend>,
+    shutdown: impl Future<Output = ()>,
+    stats: watch::Sender<DhcpCounters>,
 ) -> Result<DhcpCounters, DhcpServerError> {
     let dhcp_socket = Arc::new(bind_interface_socket(&config.interface, SERVER_PORT)?);
     // Port 4011 is only asked in proxy mode: our full-mode answers always carry the boot file.
@@ -147,24 +181,33 @@ pub async fn run(
     };
 
     let (job_tx, job_rx) = mpsc::channel(COMMIT_QUEUE);
-    let committer = tokio::spawn(commit_loop(job_rx, lease_store, dhcp_socket.clone()));
+    let commit_stats = Arc::new(CommitStats::default());
+    let committer = tokio::spawn(commit_loop(
+        job_rx,
+        lease_store,
+        dhcp_socket.clone(),
+        commit_stats.clone(),
+    ));
     let (sighting_tx, sighting_rx) = mpsc::channel(SIGHTING_QUEUE);
     let reporter = tokio::spawn(report_sightings(sighting_rx, backend));
 
-    let result = receive_loop(
-        &mut core,
-        &dhcp_socket,
-        pxe_socket.as_ref(),
-        &job_tx,
-        &sighting_tx,
-        shutdown,
-    )
-    .await;
+    let publisher = Publisher {
+        stats,
+        commit_stats: commit_stats.clone(),
+        last: Instant::now(),
+    };
+    let loops = Loops {
+        dhcp_socket: &dhcp_socket,
+        pxe_socket: pxe_socket.as_ref(),
+        job_tx: &job_tx,
+        sighting_tx: &sighting_tx,
+    };
+    let result = receive_loop(&mut core, loops, publisher, shutdown).await;
 
     // Let the committer drain what is queued, so no acknowledged-in-memory lease is left
     // without its ACK or its commit.
     drop(job_tx);
-    let stats = committer.await.unwrap_or_default();
+    let _ = committer.await;
     drop(sighting_tx);
     if tokio::time::timeout(Duration::from_secs(1), reporter)
         .await
@@ -172,30 +215,56 @@ pub async fn run(
     {
         tracing::warn!("sighting reporter did not finish within 1 s of shutdown");
     }
-
-    let counters = core.counters_mut();
-    counters.commit_batches += stats.batches;
-    counters.leases_committed += stats.leases;
-    counters.commit_failures += stats.failures;
-    counters.send_errors += stats.send_errors;
-    result.map(|()| core.counters().clone())
+    let last = result?;
+    let counters = commit_stats.merged(core.counters());
+    last.stats.send_replace(counters.clone());
+    Ok(counters)
 }
 
+/// The sockets and queues the receive loop uses.
+struct Loops<'a> {
+    dhcp_socket: &'a UdpSocket,
+    pxe_socket: Option<&'a UdpSocket>,
+    job_tx: &'a mpsc::Sender<Job>,
+    sighting_tx: &'a mpsc::Sender<Sighting>,
+}
+
+struct Publisher {
+    stats: watch::Sender<DhcpCounters>,
+    commit_stats: Arc<CommitStats>,
+    last: Instant,
+}
+
+impl Publisher {
+    fn maybe_publish(&mut self, core: &DhcpCore) {
+        if self.last.elapsed() >= STATS_INTERVAL {
+            self.last = Instant::now();
+            self.stats
+                .send_replace(self.commit_stats.merged(core.counters()));
+        }
+    }
+}
+
+/// Returns the publisher for the final snapshot.
 async fn receive_loop(
     core: &mut DhcpCore,
-    dhcp_socket: &UdpSocket,
-    pxe_socket: Option<&UdpSocket>,
-    job_tx: &mpsc::Sender<Job>,
-    sighting_tx: &mpsc::Sender<Sighting>,
+    loops: Loops<'_>,
+    mut publisher: Publisher,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), DhcpServerError> {
+) -> Result<Publisher, DhcpServerError> {
+    let Loops {
+        dhcp_socket,
+        pxe_socket,
+        job_tx,
+        sighting_tx,
+    } = loops;
     tokio::pin!(shutdown);
     let mut buf = vec![0u8; 1500];
     let mut pxe_buf = vec![0u8; 1500];
     loop {
         let (len, source, port) = tokio::select! {
             biased;
-            () = &mut shutdown => return Ok(()),
+            () = &mut shutdown => return Ok(publisher),
             r = dhcp_socket.recv_from(&mut buf) => {
                 let (len, from) = r.map_err(|source| DhcpServerError::Receive { port: SERVER_PORT, source })?;
                 (len, from, ListenPort::Dhcp)
@@ -219,6 +288,7 @@ async fn receive_loop(
             port,
         };
         let (decision, sighting) = core.handle(packet, &ctx);
+        publisher.maybe_publish(core);
         if let Some(sighting) = sighting
             && sighting_tx.try_send(sighting).is_err()
         {
@@ -246,13 +316,13 @@ async fn receive_loop(
                 // Waits when the committer is far behind: back-pressure instead of memory growth.
                 if job_tx.send(Job::Ack(lease, bytes, to)).await.is_err() {
                     tracing::error!("DHCP lease committer stopped");
-                    return Ok(());
+                    return Ok(publisher);
                 }
             }
             Decision::Forget(ip) => {
                 if job_tx.send(Job::Remove(ip)).await.is_err() {
                     tracing::error!("DHCP lease committer stopped");
-                    return Ok(());
+                    return Ok(publisher);
                 }
             }
         }
@@ -273,8 +343,8 @@ async fn commit_loop(
     mut rx: mpsc::Receiver<Job>,
     store: Arc<dyn LeaseStore>,
     socket: Arc<UdpSocket>,
-) -> CommitStats {
-    let mut stats = CommitStats::default();
+    stats: Arc<CommitStats>,
+) {
     let mut jobs = Vec::with_capacity(MAX_BATCH);
     let mut leases = Vec::with_capacity(MAX_BATCH);
     let mut sends = Vec::with_capacity(MAX_BATCH);
@@ -288,17 +358,16 @@ async fn commit_loop(
                     sends.push((bytes, to));
                 }
                 Job::Remove(ip) => {
-                    flush(&mut leases, &mut sends, &*store, &socket, &mut stats).await;
+                    flush(&mut leases, &mut sends, &*store, &socket, &stats).await;
                     if let Err(e) = store.remove(ip).await {
                         tracing::warn!(error = %e, %ip, "removing DHCP lease failed");
-                        stats.failures += 1;
+                        CommitStats::add(&stats.failures, 1);
                     }
                 }
             }
         }
-        flush(&mut leases, &mut sends, &*store, &socket, &mut stats).await;
+        flush(&mut leases, &mut sends, &*store, &socket, &stats).await;
     }
-    stats
 }
 
 async fn flush(
@@ -306,26 +375,26 @@ async fn flush(
     sends: &mut Vec<(Vec<u8>, SocketAddrV4)>,
     store: &dyn LeaseStore,
     socket: &UdpSocket,
-    stats: &mut CommitStats,
+    stats: &CommitStats,
 ) {
     if leases.is_empty() {
         return;
     }
-    stats.batches += 1;
+    CommitStats::add(&stats.batches, 1);
     match store.commit(leases).await {
         Ok(()) => {
-            stats.leases += leases.len() as u64;
+            CommitStats::add(&stats.leases, leases.len() as u64);
             for (bytes, to) in sends.iter() {
                 if let Err(e) = socket.send_to(bytes, *to).await {
                     tracing::debug!(error = %e, %to, "DHCP send failed");
-                    stats.send_errors += 1;
+                    CommitStats::add(&stats.send_errors, 1);
                 }
             }
         }
         Err(e) => {
             // No ACK without a durable lease; clients retransmit their REQUEST.
             tracing::warn!(error = %e, count = leases.len(), "DHCP lease commit failed; ACKs withheld");
-            stats.failures += 1;
+            CommitStats::add(&stats.failures, 1);
         }
     }
     leases.clear();
