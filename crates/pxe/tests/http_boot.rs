@@ -149,6 +149,8 @@ async fn scripts_by_decision_match_snapshots() {
         ("/ipxe/52-54-00-00-00-01?platform=efi", "enlist.ipxe"),
         ("/ipxe/52:54:00:00:00:02?platform=pcbios", "commission.ipxe"),
         ("/ipxe/525400000003", "deploy.ipxe"),
+        ("/ipxe/52:54:00:00:00:04?arch=bios", "local-bios.ipxe"),
+        ("/ipxe/52:54:00:00:00:04?arch=uefi-x64", "local-efi.ipxe"),
         ("/ipxe/52-54-00-00-00-04?platform=pcbios", "local-bios.ipxe"),
         ("/ipxe/52-54-00-00-00-04?platform=efi", "local-efi.ipxe"),
         ("/ipxe/52%3A54%3A00%3A00%3A00%3A04", "local-unknown.ipxe"),
@@ -169,12 +171,16 @@ async fn scripts_by_decision_match_snapshots() {
             "52:54:00:00:00:03",
             "52:54:00:00:00:04",
             "52:54:00:00:00:04",
+            "52:54:00:00:00:04",
+            "52:54:00:00:00:04",
             "52:54:00:00:00:04"
         ]
     );
     assert_eq!(asked[0].1.arch.as_deref(), Some("uefi-x64"));
     assert_eq!(asked[1].1.arch.as_deref(), Some("bios"));
     assert_eq!(asked[2].1.arch, None);
+    assert_eq!(asked[3].1.arch.as_deref(), Some("bios"));
+    assert_eq!(asked[4].1.arch.as_deref(), Some("uefi-x64"));
 }
 
 #[tokio::test]

@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-pub use pxe_stack::{PxeStack, RecordingBackend};
+pub use pxe_stack::{LabDhcp, PxeStack, RecordingBackend};
 
 /// Default OVMF image (Debian package `ovmf`).
 pub const OVMF_CODE: &str = "/usr/share/ovmf/OVMF.fd";

@@ -6,11 +6,13 @@ use async_trait::async_trait;
 use ingot_types::boot::{BootDecision, BootPurpose};
 use ingot_types::net::Sighting;
 use pxe::backend::{BackendError, BootBackend, ClientInfo};
+use pxe::dhcp::{DhcpConfig, MemoryLeaseStore, SubnetConfig};
 use pxe::http::{HTTP_PORT, HttpConfig};
 use pxe::tftp::boot_files::IpxeChainFile;
 use pxe::tftp::server::TFTP_PORT;
 use pxe::tftp::{TftpConfig, TransferRecord};
 use std::collections::HashMap;
+use std::net::Ipv4Addr;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -85,6 +87,20 @@ impl BootBackend for RecordingBackend {
     }
 }
 
+/// Who answers DHCP in the lab.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LabDhcp {
+    /// Ingot's DHCP server (`pxe::dhcp`) on the bridge: iPXE gets its per-MAC script URL
+    /// straight from DHCP, PXE firmware gets `undionly.kpxe` / `snponly.efi` over TFTP.
+    Ingot,
+    /// Someone else (e.g. [`crate::Lab::start_dnsmasq_dhcp`]) answers DHCP.
+    External,
+}
+
+/// The script URL Ingot's DHCP hands to iPXE: the architecture rides along so the HTTP
+/// service knows the firmware family (BIOS vs UEFI local boot).
+pub const IPXE_SCRIPT_URL: &str = "http://{server}:5248/ipxe/{mac}?arch={arch}";
+
 /// TFTP on `<server_ip>:69` (root: Debian's iPXE binaries, plus the generated `boot.ipxe`) and
 /// HTTP boot on `<server_ip>:5248`, both inside the lab namespace. Stops on drop.
 pub struct PxeStack {
@@ -100,6 +116,7 @@ impl PxeStack {
         lab: &Lab,
         backend: Arc<RecordingBackend>,
         images_dir: PathBuf,
+        dhcp: LabDhcp,
     ) -> Result<PxeStack, LabError> {
         let ip = lab.server_ip();
         let tftp_addr = SocketAddr::from((ip, TFTP_PORT));
@@ -116,6 +133,7 @@ impl PxeStack {
             runtime.block_on(serve_stack(
                 tftp_addr,
                 http_addr,
+                dhcp,
                 backend,
                 images_dir,
                 thread_events,
@@ -170,9 +188,11 @@ impl Drop for PxeStack {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn serve_stack(
     tftp_addr: SocketAddr,
     http_addr: SocketAddr,
+    dhcp: LabDhcp,
     backend: Arc<RecordingBackend>,
     images_dir: PathBuf,
     events: Events,
@@ -220,8 +240,44 @@ async fn serve_stack(
             return;
         }
     };
-    let _ = ready.send(Ok(()));
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+    let dhcp_task = (dhcp == LabDhcp::Ingot).then(|| {
+        let server_ip = match http_addr.ip() {
+            std::net::IpAddr::V4(v4) => v4,
+            std::net::IpAddr::V6(_) => unreachable!("the lab is IPv4"),
+        };
+        let subnet = SubnetConfig::new(
+            "10.77.0.0/24".parse().expect("lab subnet"),
+            vec![(Ipv4Addr::new(10, 77, 0, 100), Ipv4Addr::new(10, 77, 0, 200))],
+        );
+        let mut cfg = DhcpConfig::new("br0", server_ip, vec![subnet]);
+        cfg.boot.ipxe_script_url = IPXE_SCRIPT_URL.into();
+        let mut stop = stop_tx.subscribe();
+        let backend = dyn_backend.clone();
+        tokio::spawn(async move {
+            let leases = Arc::new(MemoryLeaseStore::new());
+            pxe::dhcp::server::run(cfg, leases, backend, async move {
+                let _ = stop.recv().await;
+            })
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+        })
+    });
+    // Give the DHCP server a moment to fail fast (e.g. cannot bind) before reporting ready.
+    let mut dhcp_task = dhcp_task;
+    if dhcp_task.is_some() {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if let Some(failed) = dhcp_task.take_if(|t| t.is_finished()) {
+            let reason = match failed.await {
+                Ok(Err(e)) => e,
+                _ => "exited".to_string(),
+            };
+            let _ = ready.send(Err(format!("Ingot DHCP server: {reason}")));
+            return;
+        }
+    }
+    let _ = ready.send(Ok(()));
     let mut stop_tftp = stop_tx.subscribe();
     let mut stop_http = stop_tx.subscribe();
     let tftp = tokio::spawn(pxe::tftp::server::serve(
@@ -239,6 +295,9 @@ async fn serve_stack(
     let _ = stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
         let _ = tftp.await;
+        if let Some(dhcp) = dhcp_task {
+            let _ = dhcp.await;
+        }
         let _ = http.await;
     })
     .await;

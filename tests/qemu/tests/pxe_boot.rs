@@ -1,10 +1,10 @@
-//! Real firmware against Ingot's PXE services in a private namespace: DHCP (dnsmasq as DHCP
-//! only until Ingot's DHCP server lands), TFTP and HTTP boot from `pxe`, QEMU under TCG.
-//! One VM at a time (the machine has two cores). These tests fail, never skip, when QEMU or
-//! firmware is missing.
+//! Real firmware against Ingot's PXE services in a private namespace: Ingot's DHCP, TFTP and
+//! HTTP boot (and once with dnsmasq as the DHCP server, for sites that keep their own DHCP),
+//! QEMU under TCG. One VM at a time (the machine has two cores). These tests fail, never skip,
+//! when QEMU, dnsmasq or firmware is missing.
 
 use ingot_lab::pxe_stack::LabEvent;
-use ingot_lab::{Firmware, Lab, PxeStack, RecordingBackend, VmSpec, require_lab_files};
+use ingot_lab::{Firmware, Lab, LabDhcp, PxeStack, RecordingBackend, VmSpec, require_lab_files};
 use ingot_types::boot::BootPurpose;
 use pxe::tftp::TransferOutcome;
 use std::sync::{Arc, Mutex};
@@ -22,48 +22,68 @@ struct Booted {
     _images: tempfile::TempDir,
 }
 
-fn netboot(
-    spec_name: &str,
+struct Boot<'a> {
+    name: &'a str,
     firmware: Firmware,
+    /// UEFI: OVMF's own PXE instead of the iPXE option ROM.
     native_pxe: bool,
-    mac: &str,
+    dhcp: LabDhcp,
+    mac: &'a str,
     purpose: BootPurpose,
-) -> Booted {
+}
+
+fn netboot(b: Boot<'_>) -> Booted {
     let _one = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    require_lab_files(firmware).expect("lab prerequisites");
+    require_lab_files(b.firmware).expect("lab prerequisites");
     let mut lab = Lab::new().expect("lab namespace");
     let tap = lab.add_tap().expect("tap");
     let images = tempfile::tempdir().unwrap();
     let backend = Arc::new(RecordingBackend::new(
         "http://10.77.0.1:5240",
-        &[(mac, purpose)],
+        &[(b.mac, b.purpose)],
     ));
-    let stack = PxeStack::start(&lab, backend, images.path().to_path_buf()).expect("PXE services");
-    lab.start_dnsmasq_dhcp().expect("dnsmasq");
-    let mut spec = VmSpec::new(spec_name, firmware, mac, &tap);
-    spec.uefi_native_pxe = native_pxe;
+    let stack =
+        PxeStack::start(&lab, backend, images.path().to_path_buf(), b.dhcp).expect("PXE services");
+    if b.dhcp == LabDhcp::External {
+        lab.start_dnsmasq_dhcp().expect("dnsmasq");
+    }
+    let mut spec = VmSpec::new(b.name, b.firmware, b.mac, &tap);
+    spec.uefi_native_pxe = b.native_pxe;
     let vm = lab.launch_vm(&spec).expect("qemu");
-    let hyphens = mac.replace(':', "-");
+    let hyphens = b.mac.replace(':', "-");
     let script = stack.wait_for_event(BOOT_TIMEOUT, |e| match e {
+        // iPXE percent-encodes the colons of `${mac}` in URLs.
         LabEvent::Script {
             path,
             status: 200,
             body,
-        } if path.contains(&hyphens) => Some(body.clone()),
+        } if path.replace("%3A", ":").contains(b.mac) || path.contains(&hyphens) => {
+            Some(body.clone())
+        }
         _ => None,
     });
     let Some(script) = script else {
         panic!(
-            "{spec_name}: no per-MAC script fetched within {BOOT_TIMEOUT:?}; qemu running: {}; events: {:#?}; logs in {}",
+            "{}: no per-MAC script fetched within {BOOT_TIMEOUT:?}; qemu running: {}; events: {:#?}; logs in {}",
+            b.name,
             lab.process_running(&vm.label),
             stack.events(),
             lab.logs_dir().display()
         );
     };
     eprintln!(
-        "{spec_name}: script fetched {:.1} s after VM start",
+        "{}: per-MAC script fetched {:.1} s after VM start",
+        b.name,
         vm.started.elapsed().as_secs_f64()
     );
+    for event in stack.events() {
+        if let LabEvent::Tftp(r) = event {
+            eprintln!(
+                "{}: TFTP {} {:?} -> {:?}",
+                b.name, r.file, r.requested_options, r.outcome
+            );
+        }
+    }
     Booted {
         stack,
         script,
@@ -99,58 +119,55 @@ fn tftp_finished(booted: &Booted, file: &str) -> Option<u64> {
     })
 }
 
-/// SeaBIOS + iPXE ROM: DHCP names `boot.ipxe`, fetched from our TFTP, which chains to our HTTP
-/// service for the per-MAC script; a commissioning machine gets the ephemeral kernel script.
+fn dhcp_sighted(booted: &Booted, mac: &str) -> bool {
+    booted
+        .stack
+        .events()
+        .iter()
+        .any(|e| matches!(e, LabEvent::Sighting(s) if s.mac == mac && s.source == "dhcp"))
+}
+
+/// SeaBIOS + iPXE ROM with Ingot's DHCP: iPXE gets its per-MAC script URL in the DHCP answer;
+/// a commissioning machine gets the ephemeral kernel script.
 #[test]
 fn bios_vm_fetches_its_ephemeral_script() {
     let mac = "52:54:00:77:00:01";
-    let booted = netboot(
-        "bios-commission",
-        Firmware::Bios,
-        false,
+    let booted = netboot(Boot {
+        name: "bios-commission",
+        firmware: Firmware::Bios,
+        native_pxe: false,
+        dhcp: LabDhcp::Ingot,
         mac,
-        BootPurpose::Commission,
-    );
+        purpose: BootPurpose::Commission,
+    });
     assert_eq!(
         decision_for(&booted, mac),
         (Some("bios".into()), BootPurpose::Commission)
     );
+    assert!(dhcp_sighted(&booted, mac), "{:#?}", booted.stack.events());
+    let s = &booted.script;
     assert!(
-        tftp_finished(&booted, "boot.ipxe").is_some(),
-        "boot.ipxe over TFTP: {:#?}",
-        booted.stack.events()
+        s.contains("kernel http://10.77.0.1:5248/images/ephemeral/vmlinuz "),
+        "{s}"
     );
-    assert!(
-        booted
-            .script
-            .contains("kernel http://10.77.0.1:5248/images/ephemeral/vmlinuz "),
-        "{}",
-        booted.script
-    );
-    assert!(
-        booted.script.contains("ingot.token=lab-token-525400770001"),
-        "{}",
-        booted.script
-    );
-    assert!(
-        booted.script.contains("ingot.url=http://10.77.0.1:5240"),
-        "{}",
-        booted.script
-    );
+    assert!(s.contains("ingot.token=lab-token-525400770001"), "{s}");
+    assert!(s.contains("ingot.url=http://10.77.0.1:5240"), "{s}");
 }
 
-/// OVMF's own PXE (no option ROM) fetches `snponly.efi` from our TFTP, iPXE then chains to the
-/// per-MAC script; a machine whose decision is LocalDisk gets the local-boot script.
+/// OVMF's own PXE (no option ROM) with Ingot's DHCP fetches `snponly.efi` from our TFTP, iPXE
+/// then asks for the per-MAC script; a machine whose decision is LocalDisk gets the
+/// local-boot script (UEFI flavour).
 #[test]
 fn uefi_vm_with_local_disk_decision_gets_the_local_script() {
     let mac = "52:54:00:77:00:02";
-    let booted = netboot(
-        "uefi-local",
-        Firmware::Uefi,
-        true,
+    let booted = netboot(Boot {
+        name: "uefi-local",
+        firmware: Firmware::Uefi,
+        native_pxe: true,
+        dhcp: LabDhcp::Ingot,
         mac,
-        BootPurpose::LocalDisk,
-    );
+        purpose: BootPurpose::LocalDisk,
+    });
     assert_eq!(
         decision_for(&booted, mac),
         (Some("uefi-x64".into()), BootPurpose::LocalDisk)
@@ -164,20 +181,35 @@ fn uefi_vm_with_local_disk_decision_gets_the_local_script() {
         "{:#?}",
         booted.stack.events()
     );
-    // Shows what the firmware negotiates (EDK2 asks for blksize, tsize and windowsize).
-    for event in booted.stack.events() {
-        if let LabEvent::Tftp(r) = event {
-            eprintln!(
-                "uefi-local: TFTP {} {:?} -> {:?}",
-                r.file, r.requested_options, r.outcome
-            );
-        }
-    }
-    assert!(
-        booted.script.contains("from its local disk"),
-        "{}",
-        booted.script
+    let s = &booted.script;
+    assert!(s.contains("from its local disk"), "{s}");
+    assert!(s.contains("\nexit 1"), "{s}");
+    assert!(!s.contains("kernel ") && !s.contains("sanboot"), "{s}");
+}
+
+/// With a third-party DHCP server (dnsmasq, DHCP only) naming `boot.ipxe`: iPXE fetches the
+/// chain script from our TFTP and follows it to our HTTP service; LocalDisk on BIOS hands
+/// over to the first disk.
+#[test]
+fn bios_vm_behind_dnsmasq_chains_through_boot_ipxe() {
+    let mac = "52:54:00:77:00:03";
+    let booted = netboot(Boot {
+        name: "bios-dnsmasq-local",
+        firmware: Firmware::Bios,
+        native_pxe: false,
+        dhcp: LabDhcp::External,
+        mac,
+        purpose: BootPurpose::LocalDisk,
+    });
+    assert_eq!(
+        decision_for(&booted, mac),
+        (Some("bios".into()), BootPurpose::LocalDisk)
     );
-    assert!(booted.script.contains("\nexit 1"), "{}", booted.script);
-    assert!(!booted.script.contains("kernel "), "{}", booted.script);
+    assert!(
+        tftp_finished(&booted, "boot.ipxe").is_some(),
+        "{:#?}",
+        booted.stack.events()
+    );
+    let s = &booted.script;
+    assert!(s.contains("sanboot --no-describe --drive 0x80"), "{s}");
 }

@@ -2,7 +2,8 @@
 //! the generic chain script, and kernel/initrd/image files with Range support.
 //!
 //! Routes:
-//! - `GET /ipxe/{mac}[?platform=pcbios|efi]` — the machine's script ([`script::ScriptRenderer`]).
+//! - `GET /ipxe/{mac}[?platform=pcbios|efi][&arch=bios|uefi-x64|…]` — the machine's script
+//!   ([`script::ScriptRenderer`]).
 //! - `GET /boot.ipxe` — chains to `/ipxe/${mac}`; hand it to iPXE via DHCP or TFTP.
 //! - `GET /images/{path}` — files under [`HttpConfig::images_dir`].
 
@@ -109,7 +110,11 @@ fn error(status: StatusCode, error: String, field: Option<&'static str>) -> Resp
 
 #[derive(Debug, serde::Deserialize)]
 struct ScriptQuery {
+    /// iPXE's `${platform}` (`pcbios`, `efi`), sent by the chain script.
     platform: Option<String>,
+    /// The DHCP server's architecture name (`bios`, `uefi-x64`, `uefi-http`, ...), for
+    /// script URLs handed out in DHCP as `http://{server}:5248/ipxe/{mac}?arch={arch}`.
+    arch: Option<String>,
 }
 
 fn base_url(cfg: &HttpConfig, headers: &HeaderMap) -> Option<String> {
@@ -142,7 +147,14 @@ async fn machine_script(
             Some("host"),
         );
     };
-    let platform = Platform::from_ipxe(query.platform.as_deref());
+    let arch = match query.arch.as_deref().map(script::parse_arch).transpose() {
+        Ok(arch) => arch,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string(), Some("arch")),
+    };
+    let platform = match &arch {
+        Some(arch) => Platform::from_arch(arch),
+        None => Platform::from_ipxe(query.platform.as_deref()),
+    };
     // Present when served through [`serve`]; absent in in-process tests.
     let peer = extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
     let ip = peer.and_then(|addr| match addr.ip() {

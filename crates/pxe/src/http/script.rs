@@ -46,6 +46,24 @@ pub fn parse_mac(input: &str) -> Result<String, ParseMacError> {
     Ok(pairs.join(":"))
 }
 
+#[derive(Debug, thiserror::Error)]
+#[error("invalid architecture {0:?}")]
+pub struct ParseArchError(pub String);
+
+/// Accepts an architecture name as a query parameter: short, lowercase letters, digits and `-`.
+pub fn parse_arch(input: &str) -> Result<String, ParseArchError> {
+    let ok = !input.is_empty()
+        && input.len() <= 32
+        && input
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(input.to_string())
+    } else {
+        Err(ParseArchError(input.to_string()))
+    }
+}
+
 /// The firmware family iPXE reports in `${platform}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Platform {
@@ -68,6 +86,17 @@ impl Platform {
             Platform::PcBios => "pcbios",
             Platform::Efi => "efi",
             Platform::Unknown => "unknown",
+        }
+    }
+
+    /// From an architecture name as the DHCP server reports it (`bios`, `uefi-x64`, ...).
+    pub fn from_arch(arch: &str) -> Platform {
+        if arch == "bios" {
+            Platform::PcBios
+        } else if arch.starts_with("uefi") {
+            Platform::Efi
+        } else {
+            Platform::Unknown
         }
     }
 
