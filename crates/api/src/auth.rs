@@ -9,12 +9,27 @@ use axum::http::request::Parts;
 use ingot_engine::Actor;
 use ingot_store::User;
 
-/// An authenticated user.
-pub struct Caller(pub User);
+/// An authenticated user. A tenant (an OAuth2 token, or a tenant member's key) acts as its
+/// account's owner identity and sees only the account's machines.
+pub struct Caller(pub User, pub CallerKind);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallerKind {
+    /// An operator or a plain MAAS user.
+    User,
+    /// A tenant of the cloud API.
+    Tenant,
+}
 
 impl Caller {
     pub fn actor(&self) -> Actor {
-        Actor::user(&self.0)
+        let mut a = Actor::user(&self.0);
+        a.owned_only = self.is_tenant();
+        a
+    }
+
+    pub fn is_tenant(&self) -> bool {
+        self.1 == CallerKind::Tenant
     }
 }
 
@@ -53,6 +68,6 @@ impl FromRequestParts<AppState> for Caller {
                 ApiError::Internal
             })?
             .ok_or(ApiError::Unauthorized)?;
-        Ok(Caller(user))
+        crate::tenancy::caller_for_user(state.engine.store(), user).await
     }
 }

@@ -175,6 +175,28 @@ async fn oauth2_token_endpoint_follows_rfc6749() {
     let (st, _) = bmc(&r, &r.admin_key, Method::GET, "/bmc/v1/servers", None).await;
     assert_eq!(st, StatusCode::FORBIDDEN, "operators use the native API");
 
+    // On the native API a tenant sees its own machines only, not the free pool.
+    let (st, v) = r
+        .call(Some(&t.token), Method::GET, "/api/v1/machines", None)
+        .await;
+    assert_eq!((st, v), (StatusCode::OK, json!([])));
+    let free = r.machine_ids().await[0].clone();
+    let (st, _) = r
+        .call(
+            Some(&t.token),
+            Method::GET,
+            &format!("/api/v1/machines/{free}"),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    let (st, _) = r.act(&t.token, &free, "deploy", None).await;
+    assert_eq!(
+        st,
+        StatusCode::NOT_FOUND,
+        "tenants cannot grab hardware past the cloud API"
+    );
+
     // A revoked credential's tokens stop working.
     let (st, _) = r
         .call(
@@ -403,6 +425,72 @@ async fn server_lifecycle_capacity_audit_and_usage() {
     let (_, list) = bmc(&r, tok, Method::GET, "/bmc/v1/servers?tag=env.prod", None).await;
     assert_eq!(list.as_array().unwrap().len(), 0, "PUT tags replaces them");
 
+    // Reset reinstalls on the same machine: `resetting`, then powered-on with the same
+    // addresses and user-data.
+    let (st, v) = bmc(
+        &r,
+        tok,
+        Method::POST,
+        &format!("/bmc/v1/servers/{id}/actions/reset"),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!((st, v["result"].is_string()), (StatusCode::OK, true), "{v}");
+    let (_, v) = bmc(&r, tok, Method::GET, &format!("/bmc/v1/servers/{id}"), None).await;
+    assert_eq!(v["status"], "resetting");
+    let (st, v) = bmc(
+        &r,
+        tok,
+        Method::POST,
+        &format!("/bmc/v1/servers/{id}/actions/power-off"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        st,
+        StatusCode::CONFLICT,
+        "no power actions while resetting: {v}"
+    );
+    let after = wait_server(&r, tok, &id, "powered-on").await;
+    assert_eq!(after["publicIpAddresses"], s["publicIpAddresses"]);
+    let resp = r
+        .http
+        .get(format!("{}/api/v1/machines/{machine}/user-data", r.url))
+        .bearer_auth(&r.admin_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.text().await.unwrap(), ud);
+
+    // A tenant member (a user of the account with their own API key) sees the same servers.
+    let (st, m) = r
+        .call(
+            Some(&r.admin_key),
+            Method::POST,
+            "/api/v1/accounts/acme/members",
+            Some(r#"{"username": "alice"}"#),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{m}");
+    let alice = m["api_key"].as_str().unwrap();
+    let (st, list) = bmc(&r, alice, Method::GET, "/bmc/v1/servers", None).await;
+    assert_eq!(
+        (st, list[0]["id"].as_str()),
+        (StatusCode::OK, Some(id.as_str()))
+    );
+    let (_, me) = r
+        .call(Some(alice), Method::GET, "/api/v1/whoami", None)
+        .await;
+    assert_eq!(me["username"], "tenant:acme");
+    let (_, mine) = r
+        .call(Some(alice), Method::GET, "/api/v1/machines", None)
+        .await;
+    assert_eq!(
+        mine.as_array().unwrap().len(),
+        1,
+        "the member sees the account's one machine: {mine}"
+    );
+
     // Capacity: 3 machines; two more servers fit, the next is 406 and takes nothing.
     for h in ["web-2", "web-3"] {
         let (st, v) = bmc(
@@ -521,6 +609,7 @@ async fn server_lifecycle_capacity_audit_and_usage() {
         "API.SetServerTags",
         "API.DeleteServer",
         "API.DeprovisionServer",
+        "API.ResetServer",
     ] {
         assert!(names.contains(&want), "{want} missing from {names:?}");
     }

@@ -113,6 +113,8 @@ pub struct DeployOptions {
 pub struct Actor {
     pub user: Option<User>,
     pub name: String,
+    /// A tenant of the cloud API: sees only its own machines, not the unowned pool.
+    pub owned_only: bool,
 }
 
 impl Actor {
@@ -120,21 +122,25 @@ impl Actor {
         Actor {
             user: Some(u.clone()),
             name: u.username.clone(),
+            owned_only: false,
         }
     }
     pub fn system(name: &str) -> Self {
         Actor {
             user: None,
             name: name.to_owned(),
+            owned_only: false,
         }
     }
     fn is_admin(&self) -> bool {
         self.user.as_ref().is_none_or(|u| u.is_admin)
     }
     /// Whether this actor may see `m`: admins and the system see all; users see unowned
-    /// machines and their own.
+    /// machines and their own; tenants only their own.
     pub fn can_see(&self, m: &Machine) -> bool {
-        self.is_admin() || m.owner.is_none() || m.owner == self.user.as_ref().map(|u| u.id)
+        self.is_admin()
+            || (m.owner.is_none() && !self.owned_only)
+            || (m.owner.is_some() && m.owner == self.user.as_ref().map(|u| u.id))
     }
 }
 

@@ -15,6 +15,7 @@ mod operator;
 mod resources;
 mod servers;
 
+use crate::auth::CallerKind;
 pub use operator::parse_scopes;
 pub use servers::pnap_status;
 
@@ -173,6 +174,7 @@ pub struct Tenant {
 impl Tenant {
     pub fn actor(&self) -> Actor {
         Actor {
+            owned_only: true,
             user: Some(self.owner.clone()),
             name: format!("tenant:{}:{}", self.account.name, self.username),
         }
@@ -301,7 +303,26 @@ pub(crate) async fn caller_for_access_token(
         .user(grant.account.owner)
         .await
         .map_err(lookup_failed)?;
-    Ok(Caller(owner))
+    Ok(Caller(owner, CallerKind::Tenant))
+}
+
+/// The native API's caller for a user who authenticated with an API key: a tenant member
+/// acts as the account's owner identity; everyone else as themselves.
+pub(crate) async fn caller_for_user(store: &Store, user: User) -> Result<Caller, ApiError> {
+    if user.is_admin {
+        return Ok(Caller(user, CallerKind::User));
+    }
+    match store
+        .account_of_user(user.id)
+        .await
+        .map_err(lookup_failed)?
+    {
+        Some(account) => {
+            let owner = store.user(account.owner).await.map_err(lookup_failed)?;
+            Ok(Caller(owner, CallerKind::Tenant))
+        }
+        None => Ok(Caller(user, CallerKind::User)),
+    }
 }
 
 /// Account names: what `ingot tenant create` and the operator API accept.

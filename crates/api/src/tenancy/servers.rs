@@ -38,6 +38,7 @@ pub fn pnap_status(pending: Option<&str>, status: NodeStatus, power: PowerState)
     match pending {
         Some("rebooting") => return "rebooting",
         Some("resetting") => return "resetting",
+        Some("error") => return "error",
         _ => {}
     }
     match status {
@@ -403,7 +404,7 @@ async fn resolve_tags(
                 Err(StoreError::Conflict { .. }) => store
                     .tenant_tag_by_name(account, &r.name)
                     .await?
-                    .ok_or_else(|| ApiError::Internal)?,
+                    .ok_or(ApiError::Internal)?,
                 Err(e) => return Err(e.into()),
             },
         };
@@ -885,7 +886,7 @@ async fn reset(s: &AppState, t: &Tenant, srv: Server) -> Result<()> {
                         trigger: Trigger::Deploy,
                     }));
                 }
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
             let opts = DeployOptions {
                 osystem: Some(m.osystem.clone()),
@@ -893,22 +894,34 @@ async fn reset(s: &AppState, t: &Tenant, srv: Server) -> Result<()> {
                 hwe_kernel: None,
                 user_data,
             };
+            // Take the wiped machine back at once. The server row still names it, so no other
+            // server can be recorded on it even if another allocator wins this race (its
+            // create then rolls back); the reset then ends in `error`.
+            let c = AllocationConstraints {
+                system_id: Some(srv.machine_id.to_string()),
+                ..Default::default()
+            };
+            s2.engine.allocate(&actor, &c).await?;
             s2.engine.deploy(&actor, &srv.machine_id, opts).await?;
             loop {
                 let now = store.machine(&srv.machine_id).await?;
                 if now.status != NodeStatus::Deploying {
                     break;
                 }
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
             Ok::<_, EngineError>(())
         }
         .await;
-        if let Err(e) = r {
-            tracing::warn!(server = %srv.id, error = %ingot_engine::error_chain(&e), "reset failed");
-        }
+        let after = match r {
+            Ok(()) => None,
+            Err(e) => {
+                tracing::warn!(server = %srv.id, error = %ingot_engine::error_chain(&e), "reset failed");
+                Some("error")
+            }
+        };
         let _ = store
-            .set_server_pending(&srv.id, None, Some("resetting"))
+            .set_server_pending(&srv.id, after, Some("resetting"))
             .await;
     });
     Ok(())
@@ -1217,6 +1230,7 @@ mod tests {
             (None, Deployed, Error, "error"),
             (Some("rebooting"), Deployed, Off, "rebooting"),
             (Some("resetting"), DiskErasing, On, "resetting"),
+            (Some("error"), Deployed, On, "error"),
             (None, Releasing, On, "deleting"),
             (None, DiskErasing, On, "deleting"),
             (None, FailedDeployment, Off, "error"),
