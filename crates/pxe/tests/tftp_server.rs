@@ -437,3 +437,74 @@ async fn windowed_transfers_with_and_without_gso() {
         }
     }
 }
+
+/// RFC 7440 recovery: a client that loses a block in the middle of a window acknowledges the
+/// last block it has, and the server's next window starts right after it.
+#[tokio::test]
+async fn windowed_transfer_recovers_from_a_lost_block() {
+    let s = start(|_| {}).await;
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let options = vec![
+        ("blksize".to_string(), "512".to_string()),
+        ("windowsize".to_string(), "4".to_string()),
+    ];
+    socket
+        .send_to(&packet::encode_rrq("big.bin", &options), s.addr)
+        .await
+        .unwrap();
+    let mut buf = [0u8; 2048];
+    let (n, peer) = socket.recv_from(&mut buf).await.unwrap();
+    assert!(matches!(
+        packet::parse(&buf[..n]).unwrap(),
+        Packet::Oack { .. }
+    ));
+    socket.send_to(&packet::encode_ack(0), peer).await.unwrap();
+
+    let (mut got, mut expected, mut in_window, mut dropped) = (Vec::new(), 1u16, 0, false);
+    let mut first_after_loss = None;
+    loop {
+        let recv = tokio::time::timeout(Duration::from_secs(3), socket.recv_from(&mut buf));
+        let (n, _) = recv.await.expect("server stalled").unwrap();
+        let Packet::Data { block, payload } = packet::parse(&buf[..n]).unwrap() else {
+            panic!("not data")
+        };
+        if block == 3 && !dropped {
+            dropped = true; // lose block 3 of the first window
+            continue;
+        }
+        if dropped && first_after_loss.is_none() && block != 4 {
+            first_after_loss = Some(block);
+        }
+        if block != expected {
+            if block == expected + 1 {
+                // The rest of the damaged window: acknowledge what we have, once.
+                socket
+                    .send_to(&packet::encode_ack(expected - 1), peer)
+                    .await
+                    .unwrap();
+                in_window = 0;
+            }
+            continue;
+        }
+        got.extend_from_slice(payload);
+        in_window += 1;
+        let last = payload.len() < 512;
+        if last || in_window == 4 {
+            socket
+                .send_to(&packet::encode_ack(block), peer)
+                .await
+                .unwrap();
+            in_window = 0;
+        }
+        if last {
+            break;
+        }
+        expected += 1;
+    }
+    assert_eq!(
+        first_after_loss,
+        Some(3),
+        "the next window restarts at the lost block"
+    );
+    assert!(got == pattern(300_000, 2));
+}
