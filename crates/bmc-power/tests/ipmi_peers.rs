@@ -888,3 +888,132 @@ async fn vbmc_wrong_password_and_stopped_bmc() {
         "{error:?}"
     );
 }
+
+/// A UDP relay between the driver and a BMC that drops every fourth packet in each direction
+/// and duplicates every fifth answer: handshakes and commands must still finish through
+/// retransmissions (and handshake restarts), and duplicate or late answers must be ignored.
+mod lossy {
+    use std::net::{SocketAddr, UdpSocket};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    pub struct Relay {
+        pub port: u16,
+        pub dropped: Arc<AtomicUsize>,
+        stop: Arc<AtomicBool>,
+    }
+
+    impl Relay {
+        pub fn start(bmc_port: u16) -> Relay {
+            let front = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
+            let back = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
+            back.connect(("127.0.0.1", bmc_port)).unwrap();
+            for socket in [&front, &back] {
+                // Lets the threads notice `stop`.
+                socket
+                    .set_read_timeout(Some(Duration::from_millis(100)))
+                    .unwrap();
+            }
+            let port = front.local_addr().unwrap().port();
+            let dropped = Arc::new(AtomicUsize::new(0));
+            let stop = Arc::new(AtomicBool::new(false));
+            let client: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
+            {
+                let (front, back, dropped, stop, client) = (
+                    front.clone(),
+                    back.clone(),
+                    dropped.clone(),
+                    stop.clone(),
+                    client.clone(),
+                );
+                std::thread::spawn(move || {
+                    let mut buffer = [0u8; 2048];
+                    let mut count = 0usize;
+                    while !stop.load(Ordering::SeqCst) {
+                        let Ok((len, from)) = front.recv_from(&mut buffer) else {
+                            continue;
+                        };
+                        *client.lock().unwrap() = Some(from);
+                        count += 1;
+                        if count % 4 == 2 {
+                            dropped.fetch_add(1, Ordering::SeqCst);
+                        } else {
+                            let _ = back.send(&buffer[..len]);
+                        }
+                    }
+                });
+            }
+            {
+                let (dropped, stop) = (dropped.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let mut buffer = [0u8; 2048];
+                    let mut count = 0usize;
+                    while !stop.load(Ordering::SeqCst) {
+                        let Ok(len) = back.recv(&mut buffer) else {
+                            continue;
+                        };
+                        let Some(client) = *client.lock().unwrap() else {
+                            continue;
+                        };
+                        count += 1;
+                        if count.is_multiple_of(4) {
+                            dropped.fetch_add(1, Ordering::SeqCst);
+                            continue;
+                        }
+                        let _ = front.send_to(&buffer[..len], client);
+                        if count.is_multiple_of(5) {
+                            let _ = front.send_to(&buffer[..len], client);
+                        }
+                    }
+                });
+            }
+            Relay {
+                port,
+                dropped,
+                stop,
+            }
+        }
+    }
+
+    impl Drop for Relay {
+        fn drop(&mut self) {
+            self.stop.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipmi_sim_through_a_lossy_link_still_answers() {
+    let sim = IpmiSim::start(PASSWORD);
+    let relay = lossy::Relay::start(sim.port);
+    // Loopback answers in microseconds: short attempt timers keep the many retransmissions fast.
+    let driver = IpmiDriver::from_parameters(&parameters(relay.port, PASSWORD, None))
+        .unwrap()
+        .with_settings(IpmiSettings {
+            first_attempt_timeout: Duration::from_millis(100),
+            max_attempt_timeout: Duration::from_millis(400),
+            ..fast_settings()
+        });
+    let started = Instant::now();
+    for round in 0..8 {
+        let state = driver.power_state().await;
+        assert_eq!(state, Ok(PowerState::Off), "round {round}");
+    }
+    let dropped = relay.dropped.load(std::sync::atomic::Ordering::SeqCst);
+    eprintln!(
+        "8 status calls over a lossy link: {:?}, {dropped} packets dropped",
+        started.elapsed()
+    );
+    assert!(
+        dropped >= 10,
+        "the relay must actually lose packets, dropped {dropped}"
+    );
+    driver.power_on().await.unwrap();
+    peers::wait_for("the QEMU guest to start", Duration::from_secs(20), || {
+        !sim.qemu_pids().is_empty()
+    });
+    wait_for_power(&driver, PowerState::On).await;
+    driver.power_off().await.unwrap();
+    wait_for_power(&driver, PowerState::Off).await;
+}

@@ -27,6 +27,10 @@ pub const DEFAULT_PORT: u16 = 623;
 const MAX_PASSWORD_V2: usize = 20;
 const MAX_PASSWORD_V15: usize = 16;
 const MAX_USERNAME: usize = 16;
+/// Fresh RMCP+ handshakes after one stalled midway (within the call deadline).
+const HANDSHAKE_RESTARTS: u32 = 2;
+/// Sends per RAKP step once the BMC has answered the Open Session Request.
+const RAKP_ATTEMPTS: u32 = 2;
 
 /// `power_driver`: `LAN_2_0` (lanplus, the default) or `LAN` (IPMI 1.5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -380,28 +384,35 @@ impl IpmiDriver {
                 });
             }
         }
-        let (mut handshake, first) = LanplusHandshake::start(
-            self.credentials.clone(),
-            Privilege::Administrator,
-            &suites,
-            HandshakeSeed::random(),
-        )
-        .map_err(|e| self.map_handshake_error(e))?;
-        let mut packet = Some(first);
+        let mut restarts = 0;
         loop {
-            let mut exchange = LanplusHandshakeExchange {
-                handshake: &mut handshake,
-                first: packet.take(),
-            };
-            let step = self
-                .round_trip(link, &mut exchange, self.settings.max_attempts)
-                .await;
-            match step {
-                Ok(HandshakeStep::Send(next)) => packet = Some(next),
-                Ok(HandshakeStep::Established(session)) => {
+            let (mut handshake, first) = LanplusHandshake::start(
+                self.credentials.clone(),
+                Privilege::Administrator,
+                &suites,
+                HandshakeSeed::random(),
+            )
+            .map_err(|e| self.map_handshake_error(e))?;
+            match self
+                .run_lanplus_handshake(link, &mut handshake, first)
+                .await
+            {
+                Ok(session) => {
                     tracing::debug!(address = %self.address, suite = session.suite().id(), "RMCP+ session open");
                     *self.negotiated_suite.lock().unwrap() = Some(session.suite());
                     return Ok(session);
+                }
+                // The BMC answered earlier steps, then went silent: typically a lost RAKP 4,
+                // which BMCs do not resend for a duplicate RAKP 3. Start over with a fresh
+                // session (the half-open one expires on the BMC).
+                Err(PowerError::Timeout { .. })
+                    if handshake.answers_accepted() > 0 && restarts < HANDSHAKE_RESTARTS =>
+                {
+                    restarts += 1;
+                    tracing::debug!(address = %self.address, restarts, "restarting the RMCP+ handshake");
+                    if let Some(suite) = handshake.suite() {
+                        suites = vec![suite];
+                    }
                 }
                 Err(error) => {
                     if let Some(abort) = handshake.abort_packet() {
@@ -410,6 +421,33 @@ impl IpmiDriver {
                     }
                     return Err(error);
                 }
+            }
+        }
+    }
+
+    async fn run_lanplus_handshake(
+        &self,
+        link: &mut Link,
+        handshake: &mut LanplusHandshake,
+        first: Vec<u8>,
+    ) -> Result<LanplusSession, PowerError> {
+        let mut packet = Some(first);
+        loop {
+            // Once the BMC has answered, a silent RAKP step is usually a lost answer that the
+            // BMC will not resend for a duplicate request: give up early and let the caller
+            // restart the handshake instead of sitting through the whole backoff.
+            let attempts = if handshake.answers_accepted() > 0 {
+                self.settings.max_attempts.min(RAKP_ATTEMPTS)
+            } else {
+                self.settings.max_attempts
+            };
+            let mut exchange = LanplusHandshakeExchange {
+                handshake,
+                first: packet.take(),
+            };
+            match self.round_trip(link, &mut exchange, attempts).await? {
+                HandshakeStep::Send(next) => packet = Some(next),
+                HandshakeStep::Established(session) => return Ok(session),
             }
         }
     }
@@ -910,7 +948,13 @@ mod tests {
             });
         let started = std::time::Instant::now();
         let error = driver.power_on().await.unwrap_err();
-        assert!(matches!(error, PowerError::Timeout { .. }), "{error:?}");
+        assert_eq!(
+            error,
+            PowerError::Timeout {
+                address: p.power_address.unwrap(),
+                after: Duration::from_millis(300)
+            }
+        );
         assert!(started.elapsed() < Duration::from_secs(2));
         // The retry loop sent more than one packet before the deadline.
         let mut buffer = [0u8; 512];
@@ -924,5 +968,44 @@ mod tests {
             received >= 2,
             "expected retransmissions, got {received} packets"
         );
+    }
+
+    /// With the whole budget available, an exchange sends exactly `max_attempts` packets with
+    /// doubling waits (1 + 2 + 4 + 4 s, capped), then reports Timeout after that much time.
+    /// Paused tokio time makes the schedule exact.
+    #[tokio::test(start_paused = true)]
+    async fn retries_follow_the_backoff_schedule_then_time_out() {
+        let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut p = params(None, "password");
+        p.power_address = Some(silent.local_addr().unwrap().to_string());
+        let driver = IpmiDriver::from_parameters(&p)
+            .unwrap()
+            .with_settings(IpmiSettings {
+                call_timeout: Duration::from_secs(60),
+                first_attempt_timeout: Duration::from_secs(1),
+                max_attempt_timeout: Duration::from_secs(4),
+                max_attempts: 4,
+                ..IpmiSettings::default()
+            });
+        let error = driver.power_state().await.unwrap_err();
+        assert_eq!(
+            error,
+            PowerError::Timeout {
+                address: p.power_address.unwrap(),
+                after: Duration::from_secs(11)
+            }
+        );
+        let mut buffer = [0u8; 512];
+        let mut first = None;
+        let mut received = 0;
+        while let Ok(Ok((len, _))) =
+            tokio::time::timeout(Duration::from_millis(10), silent.recv_from(&mut buffer)).await
+        {
+            // Every attempt is the same sessionless Get Channel Authentication Capabilities.
+            let packet = buffer[..len].to_vec();
+            assert_eq!(first.get_or_insert_with(|| packet.clone()), &packet);
+            received += 1;
+        }
+        assert_eq!(received, 4);
     }
 }

@@ -268,6 +268,7 @@ pub struct LanplusHandshake {
     stage: LanplusStage,
     last_packet: Vec<u8>,
     abort_packet: Option<Vec<u8>>,
+    answers_accepted: u32,
 }
 
 impl LanplusHandshake {
@@ -293,6 +294,7 @@ impl LanplusHandshake {
             stage: LanplusStage::Finished,
             last_packet: vec![],
             abort_packet: None,
+            answers_accepted: 0,
         };
         let packet = handshake.open_session(suite);
         Ok((handshake, packet))
@@ -307,6 +309,11 @@ impl LanplusHandshake {
     /// status), so it can free the half-open session.
     pub fn abort_packet(&self) -> Option<&[u8]> {
         self.abort_packet.as_deref()
+    }
+
+    /// How many BMC answers moved the handshake forward; 0 means the BMC never answered.
+    pub fn answers_accepted(&self) -> u32 {
+        self.answers_accepted
     }
 
     /// The cipher suite being negotiated (or established).
@@ -376,6 +383,14 @@ impl LanplusHandshake {
         &mut self,
         packet: &[u8],
     ) -> Result<HandshakeStep<LanplusSession>, HandshakeError> {
+        let step = self.advance(packet);
+        if step.is_ok() {
+            self.answers_accepted += 1;
+        }
+        step
+    }
+
+    fn advance(&mut self, packet: &[u8]) -> Result<HandshakeStep<LanplusSession>, HandshakeError> {
         let decoded = wire::decode_v20(packet, 0)?;
         if decoded.header.session_id != 0 {
             return Err(HandshakeError::Stray(
