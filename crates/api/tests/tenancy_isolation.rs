@@ -655,8 +655,19 @@ async fn server_lifecycle_capacity_audit_and_usage() {
 /// Every tenant-facing endpoint, called by account B with account A's object ids, answers
 /// 404; B's lists show none of A's objects; A's objects are untouched afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn isolation_sweep_every_endpoint_answers_404_across_accounts() {
-    let r = cloud(4, false).await.unwrap();
+async fn isolation_sweep_every_endpoint_answers_404_across_accounts_sqlite() {
+    isolation_sweep(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolation_sweep_every_endpoint_answers_404_across_accounts_postgres() {
+    isolation_sweep(true).await;
+}
+
+async fn isolation_sweep(postgres: bool) {
+    let Some(r) = cloud(4, postgres).await else {
+        return;
+    };
     let a = tenant(&r, "alpha", 10).await;
     let b = tenant(&r, "beta", 10).await;
     let (st, srv) = bmc(
