@@ -416,7 +416,7 @@ async fn allocation_constraints_postgres() {
 }
 
 async fn allocation_constraints(r: &Region) {
-    let ids = commission_all(&r).await;
+    let ids = commission_all(r).await;
     let key = r.admin_key.clone();
     let ms: Vec<Value> = {
         let mut v = Vec::new();
@@ -935,7 +935,7 @@ async fn power_parameters_on_update_and_machine_create_postgres() {
 }
 
 async fn power_parameters_on_update_and_machine_create(r: &Region) {
-    let ids = commission_all(&r).await;
+    let ids = commission_all(r).await;
     let key = r.admin_key.clone();
     let id = &ids[0];
     let path = format!("/MAAS/api/2.0/machines/{id}/");

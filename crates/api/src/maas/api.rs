@@ -1418,7 +1418,7 @@ async fn events(c: &Ctx) -> MaasResult<Response> {
         }
     }
     // Newest first, as MAAS lists them.
-    all.sort_by(|a, b| b.2.id.cmp(&a.2.id));
+    all.sort_by_key(|e| std::cmp::Reverse(e.2.id));
     all.truncate(limit);
     let events: Vec<Value> = all
         .iter()

@@ -181,7 +181,7 @@ fn parse_multipart(boundary: &str, body: &[u8]) -> Result<Params, FormError> {
 /// Standard base64 with whitespace ignored (Python's `encodebytes` wraps lines).
 pub fn decode_base64(s: &str) -> Option<Vec<u8>> {
     let clean: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-    if clean.is_empty() || clean.len() % 4 != 0 {
+    if clean.is_empty() || !clean.len().is_multiple_of(4) {
         return None;
     }
     let val = |c: u8| -> Option<u32> {

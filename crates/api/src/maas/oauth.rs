@@ -150,7 +150,10 @@ pub fn check_timestamp(req: &OAuthRequest, now_secs: i64) -> Result<i64, OAuthEr
 mod tests {
     use super::*;
 
-    fn check(header: &str, want: Result<Option<(&str, &str, &str, i64, &str)>, OAuthError>) {
+    /// consumer key, token key, token secret, timestamp, nonce
+    type Parsed<'a> = Option<(&'a str, &'a str, &'a str, i64, &'a str)>;
+
+    fn check(header: &str, want: Result<Parsed<'_>, OAuthError>) {
         let got = extract(Some(header), &Params::default()).map(|o| {
             o.map(|r| {
                 (
