@@ -124,8 +124,10 @@ run_perfdhcp() { # rate logfile
 
 RESULTS=$WORK/results.tsv
 : >"$RESULTS"
-for server in $SERVERS; do
-    for rate in "${RATES[@]}"; do
+# Servers alternate within each rate, so load from other processes on the machine drifts over
+# all of them alike.
+for rate in "${RATES[@]}"; do
+    for server in $SERVERS; do
         start_server "$server" "$rate"
         line=$(run_perfdhcp "$rate" "$WORK/$server-$rate/perfdhcp.log")
         stop_server

@@ -81,6 +81,7 @@ pub struct DhcpCounters {
     pub dropped_not_for_us: u64,
     pub dropped_not_netboot: u64,
     // Filled by the server, not the core.
+    pub receive_errors: u64,
     pub send_errors: u64,
     pub commit_batches: u64,
     pub leases_committed: u64,

@@ -53,12 +53,6 @@ pub enum DhcpServerError {
     },
     #[error("loading leases")]
     LoadLeases(#[source] BackendError),
-    #[error("receiving on UDP port {port}")]
-    Receive {
-        port: u16,
-        #[source]
-        source: io::Error,
-    },
 }
 
 /// Opens a UDP socket on `0.0.0.0:port` that only sees and sends on `interface`.
@@ -207,7 +201,9 @@ pub async fn run_with_stats(
     // Let the committer drain what is queued, so no acknowledged-in-memory lease is left
     // without its ACK or its commit.
     drop(job_tx);
-    let _ = committer.await;
+    if let Err(e) = committer.await {
+        tracing::error!(error = %e, "DHCP lease committer failed");
+    }
     drop(sighting_tx);
     if tokio::time::timeout(Duration::from_secs(1), reporter)
         .await
@@ -262,16 +258,21 @@ async fn receive_loop(
     let mut buf = vec![0u8; 1500];
     let mut pxe_buf = vec![0u8; 1500];
     loop {
-        let (len, source, port) = tokio::select! {
+        let (received, port) = tokio::select! {
             biased;
             () = &mut shutdown => return Ok(publisher),
-            r = dhcp_socket.recv_from(&mut buf) => {
-                let (len, from) = r.map_err(|source| DhcpServerError::Receive { port: SERVER_PORT, source })?;
-                (len, from, ListenPort::Dhcp)
-            }
-            r = recv_optional(pxe_socket, &mut pxe_buf) => {
-                let (len, from) = r.map_err(|source| DhcpServerError::Receive { port: PXE_PORT, source })?;
-                (len, from, ListenPort::Pxe)
+            r = dhcp_socket.recv_from(&mut buf) => (r, ListenPort::Dhcp),
+            r = recv_optional(pxe_socket, &mut pxe_buf) => (r, ListenPort::Pxe),
+        };
+        let (len, source) = match received {
+            Ok(r) => r,
+            Err(e) => {
+                // Not fatal: a DHCP server that stops on a transient socket error (say, while
+                // its interface is reconfigured) strands every client.
+                tracing::warn!(error = %e, ?port, "DHCP receive failed");
+                core.counters_mut().receive_errors += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
             }
         };
         let SocketAddr::V4(source) = source else {
