@@ -1016,4 +1016,21 @@ async fn ipmi_sim_through_a_lossy_link_still_answers() {
     wait_for_power(&driver, PowerState::On).await;
     driver.power_off().await.unwrap();
     wait_for_power(&driver, PowerState::Off).await;
+
+    // IPMI 1.5 over the same link: lost Activate Session answers must not read as a wrong
+    // password.
+    let lan = IpmiDriver::from_parameters(&parameters(relay.port, PASSWORD, Some("LAN")))
+        .unwrap()
+        .with_settings(IpmiSettings {
+            first_attempt_timeout: Duration::from_millis(100),
+            max_attempt_timeout: Duration::from_millis(400),
+            ..fast_settings()
+        });
+    for round in 0..6 {
+        assert_eq!(
+            lan.power_state().await,
+            Ok(PowerState::Off),
+            "IPMI 1.5 round {round}"
+        );
+    }
 }

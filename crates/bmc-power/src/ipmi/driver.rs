@@ -29,7 +29,8 @@ const MAX_PASSWORD_V15: usize = 16;
 const MAX_USERNAME: usize = 16;
 /// Fresh RMCP+ handshakes after one stalled midway (within the call deadline).
 const HANDSHAKE_RESTARTS: u32 = 2;
-/// Sends per RAKP step once the BMC has answered the Open Session Request.
+/// Sends per RAKP step once the BMC has answered the Open Session Request (and per IPMI 1.5
+/// Activate Session).
 const RAKP_ATTEMPTS: u32 = 2;
 
 /// `power_driver`: `LAN_2_0` (lanplus, the default) or `LAN` (IPMI 1.5).
@@ -463,31 +464,53 @@ impl IpmiDriver {
                 operation: "IPMI 1.5 sessions without MD5 or straight-password authentication",
             });
         };
-        let initial_sequence = rand::random::<u32>().max(1);
-        let (mut handshake, first) = Lan15Handshake::start(
-            &self.credentials,
-            auth_type,
-            Privilege::Administrator,
-            initial_sequence,
-        );
-        let mut packet = Some(first);
+        // A wrong password and a lost Activate Session answer look the same (silence), so a
+        // silent activation gets one fresh challenge before it counts as a wrong password.
+        let mut silent_activations = 0;
         loop {
-            let mut exchange = Lan15HandshakeExchange {
-                handshake: &mut handshake,
-                first: packet.take(),
-            };
-            match self
-                .round_trip(link, &mut exchange, self.settings.max_attempts)
-                .await
-            {
-                Ok(HandshakeStep::Send(next)) => packet = Some(next),
-                Ok(HandshakeStep::Established(session)) => return Ok(session),
-                // The BMC answered the challenge but ignores every signed Activate Session:
-                // it drops packets whose AuthCode does not verify, i.e. the password is wrong.
+            let initial_sequence = rand::random::<u32>().max(1);
+            let (mut handshake, first) = Lan15Handshake::start(
+                &self.credentials,
+                auth_type,
+                Privilege::Administrator,
+                initial_sequence,
+            );
+            match self.run_lan15_handshake(link, &mut handshake, first).await {
+                Ok(session) => return Ok(session),
+                // The BMC answered the challenge but ignores the signed Activate Session: 1.5
+                // BMCs drop packets whose AuthCode does not verify, i.e. the password is wrong.
                 Err(PowerError::Timeout { .. }) if handshake.awaiting_activation() => {
-                    return Err(self.auth_failed());
+                    silent_activations += 1;
+                    if silent_activations > 1 {
+                        return Err(self.auth_failed());
+                    }
                 }
                 Err(error) => return Err(error),
+            }
+        }
+    }
+
+    async fn run_lan15_handshake(
+        &self,
+        link: &mut Link,
+        handshake: &mut Lan15Handshake,
+        first: Vec<u8>,
+    ) -> Result<Lan15Session, PowerError> {
+        let mut packet = Some(first);
+        loop {
+            // A duplicate Activate Session is not answered either: retry it once at most.
+            let attempts = if handshake.awaiting_activation() {
+                self.settings.max_attempts.min(RAKP_ATTEMPTS)
+            } else {
+                self.settings.max_attempts
+            };
+            let mut exchange = Lan15HandshakeExchange {
+                handshake,
+                first: packet.take(),
+            };
+            match self.round_trip(link, &mut exchange, attempts).await? {
+                HandshakeStep::Send(next) => packet = Some(next),
+                HandshakeStep::Established(session) => return Ok(session),
             }
         }
     }
