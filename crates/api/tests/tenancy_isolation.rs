@@ -417,7 +417,7 @@ async fn server_lifecycle_capacity_audit_and_usage() {
         &r,
         tok,
         Method::GET,
-        "/bmc/v1beta/servers?tag=team.web",
+        "/bmc/v1beta/servers?tag=team.web&location=PHX&location=ASH",
         None,
     )
     .await;

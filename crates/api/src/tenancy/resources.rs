@@ -328,17 +328,16 @@ pub fn event_json(e: &AuditEvent, account_name: &str) -> Value {
     })
 }
 
-#[derive(Deserialize, Default)]
-pub struct EventsQuery {
-    limit: Option<i64>,
-}
-
 pub async fn events(
     State(s): State<AppState>,
     t: Tenant,
-    Query(q): Query<EventsQuery>,
+    Query(q): Query<Vec<(String, String)>>,
 ) -> Result<Json<Vec<Value>>> {
-    let limit = q.limit.unwrap_or(1000);
+    // Other filters phoenixNAP's audit API knows (from, to, verb, ...) are not offered yet.
+    let limit = match q.iter().find(|(k, _)| k == "limit") {
+        None => 1000,
+        Some((_, v)) => v.parse::<i64>().unwrap_or(0),
+    };
     if !(1..=10_000).contains(&limit) {
         return Err(ApiError::field("limit", "must be 1 to 10000").into());
     }

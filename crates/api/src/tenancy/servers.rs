@@ -157,32 +157,33 @@ async fn render(store: &Store, s: &Server) -> Result<Value> {
 
 // ---- list / get / patch -------------------------------------------------------------------
 
-#[derive(Deserialize, Default)]
-pub struct ListQuery {
-    tag: Option<String>,
-    location: Option<String>,
-}
-
 pub async fn list(
     State(s): State<AppState>,
     t: Tenant,
-    Query(q): Query<ListQuery>,
+    Query(q): Query<Vec<(String, String)>>,
 ) -> Result<Json<Vec<Value>>> {
     let store = s.engine.store();
     let mut out = Vec::new();
-    // `tag=name.value` (or `name`); `location=PHX` (comma-separated lists accepted).
-    let tag_filters: Vec<(String, Option<String>)> = q
-        .tag
+    // `tag=name.value` (or `name`) and `location=PHX`, each repeatable (the SDKs explode
+    // arrays) or comma-separated; a server must match every tag and any location.
+    let values = |key: &str| -> Vec<String> {
+        q.iter()
+            .filter(|(k, _)| k == key)
+            .flat_map(|(_, v)| v.split(',').map(str::to_owned))
+            .filter(|v| !v.is_empty())
+            .collect()
+    };
+    let tags = values("tag");
+    let locations = values("location");
+    let tag_filters: Vec<(String, Option<String>)> = tags
         .iter()
-        .flat_map(|t| t.split(','))
         .map(|t| match t.split_once('.') {
             Some((n, v)) => (n.to_owned(), Some(v.to_owned())),
             None => (t.to_owned(), None),
         })
         .collect();
-    let locations: Vec<&str> = q.location.iter().flat_map(|l| l.split(',')).collect();
     for srv in store.list_servers(Some(t.account.id)).await? {
-        if !locations.is_empty() && !locations.contains(&srv.location.as_str()) {
+        if !locations.is_empty() && !locations.contains(&srv.location) {
             continue;
         }
         if !tag_filters.iter().all(|(n, v)| {
