@@ -59,7 +59,7 @@ key=$("$INGOT_BIN" admin create-user --data-dir "$work/data" --username admin --
     >"$work/server.log" 2>&1 &
 server_pid=$!
 for _ in $(seq 1 100); do
-    curl -fsS "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break
+    "$SYSTEM_PYTHON" -c "import urllib.request,sys; urllib.request.urlopen(sys.argv[1], timeout=2)" "http://127.0.0.1:$port/healthz" 2>/dev/null && break
     kill -0 "$server_pid" 2>/dev/null || { cat "$work/server.log"; exit 1; }
     sleep 0.1
 done

@@ -1367,3 +1367,83 @@ async fn users_keys_login_and_read_only_resources(r: &Region) {
         StatusCode::NOT_FOUND
     );
 }
+
+#[tokio::test]
+async fn broken_fixed_abort_bulk_release_and_user_deploy() {
+    let r = fresh().await;
+    let ids = commission_all(&r).await;
+    let key = r.admin_key.clone();
+    let m = |i: usize| format!("/MAAS/api/2.0/machines/{}/", ids[i]);
+
+    let broken = post_ok(
+        &r,
+        &key,
+        &format!("{}?op=mark_broken", m(0)),
+        &[("comment", "fan noise")],
+    )
+    .await;
+    assert_eq!(
+        (
+            broken["status_name"].as_str(),
+            broken["status_message"].as_str()
+        ),
+        (Some("Broken"), Some("fan noise"))
+    );
+    let again = call(
+        &r,
+        &key,
+        Method::POST,
+        &format!("{}?op=mark_broken", m(0)),
+        Body::Multipart(&[]),
+    )
+    .await;
+    assert_eq!(again.status, StatusCode::CONFLICT, "{}", again.text);
+    let fixed = post_ok(&r, &key, &format!("{}?op=mark_fixed", m(0)), &[]).await;
+    assert_eq!(fixed["status_name"], "Ready");
+
+    // Abort a commissioning that nothing will finish (manual power).
+    make_manual(&r, &ids[1]).await;
+    assert_eq!(
+        post_ok(&r, &key, &format!("{}?op=commission", m(1)), &[]).await["status_name"],
+        "Commissioning"
+    );
+    assert_eq!(
+        post_ok(&r, &key, &format!("{}?op=abort", m(1)), &[]).await["status_name"],
+        "New"
+    );
+
+    // A user deploys a Ready machine directly: it is allocated to them on the way.
+    let dana = r.user_key("dana", false).await;
+    let d = post_ok(
+        &r,
+        &dana,
+        &format!("{}?op=deploy", m(2)),
+        &[("distro_series", "noble")],
+    )
+    .await;
+    assert_eq!(
+        (d["status_name"].as_str(), d["owner"].as_str()),
+        (Some("Deploying"), Some("dana"))
+    );
+    wait_maas_status(&r, &dana, &ids[2], "Deployed").await;
+    // Bulk release checks every id first: an unknown one releases nothing.
+    let bad = call(
+        &r,
+        &dana,
+        Method::POST,
+        "/MAAS/api/2.0/machines/?op=release",
+        Body::Form(&[("machines", &ids[2]), ("machines", "zzzzzz")]),
+    )
+    .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{}", bad.text);
+    assert_eq!(machine(&r, &dana, &ids[2]).await["status_name"], "Deployed");
+    let released = post_ok(
+        &r,
+        &dana,
+        "/MAAS/api/2.0/machines/?op=release",
+        &[("machines", &ids[2])],
+    )
+    .await;
+    assert_eq!(released, json!([ids[2]]));
+    wait_maas_status(&r, &dana, &ids[2], "Ready").await;
+}

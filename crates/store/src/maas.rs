@@ -139,30 +139,34 @@ impl Store {
     // ---- OAuth nonces ------------------------------------------------------------------
 
     /// Remembers `nonce` for `token_key` until `expires_at_ms`. Returns false when the pair
-    /// was already seen (a replay). Expired nonces are purged on the way.
+    /// is already remembered (a replay). A pair whose memory has expired is taken over, so
+    /// purging can be lazy; expired rows are purged now and then.
     pub async fn record_oauth_nonce(
         &self,
         token_key: &str,
         nonce: &str,
         expires_at_ms: i64,
     ) -> Result<bool, StoreError> {
-        sqlx::query("DELETE FROM oauth_nonces WHERE expires_at < $1")
-            .bind(now_ms())
-            .execute(&self.pool)
-            .await?;
-        let inserted = sqlx::query(
-            "INSERT INTO oauth_nonces (token_key, nonce, expires_at) VALUES ($1, $2, $3)",
+        let now = now_ms();
+        let done = sqlx::query(
+            "INSERT INTO oauth_nonces (token_key, nonce, expires_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (token_key, nonce) DO UPDATE SET expires_at = excluded.expires_at \
+             WHERE oauth_nonces.expires_at < $4",
         )
         .bind(token_key)
         .bind(nonce)
         .bind(expires_at_ms)
+        .bind(now)
         .execute(&self.pool)
-        .await;
-        match inserted {
-            Ok(_) => Ok(true),
-            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => Ok(false),
-            Err(e) => Err(e.into()),
+        .await?;
+        // One request in 64 sweeps the table, keeping it to about one window of nonces.
+        if rand::random::<u8>() < 4 {
+            sqlx::query("DELETE FROM oauth_nonces WHERE expires_at < $1")
+                .bind(now)
+                .execute(&self.pool)
+                .await?;
         }
+        Ok(done.rows_affected() == 1)
     }
 
     // ---- per-machine metadata credentials ---------------------------------------------
@@ -548,5 +552,152 @@ mod tests {
         assert!(!verify_password("hunter3", &a));
         assert_ne!(a, hash_password("hunter2"), "salted");
         assert!(!verify_password("hunter2", "garbage"));
+    }
+
+    async fn suite(db: &crate::testing::TestDb) {
+        let s = &db.store;
+        // Nonces: a repeat is refused while remembered, taken over once expired.
+        let later = now_ms() + 60_000;
+        assert!(s.record_oauth_nonce("tk", "n1", later).await.unwrap());
+        assert!(
+            !s.record_oauth_nonce("tk", "n1", later).await.unwrap(),
+            "replay"
+        );
+        assert!(
+            s.record_oauth_nonce("other", "n1", later).await.unwrap(),
+            "per token"
+        );
+        assert!(
+            s.record_oauth_nonce("tk", "old", now_ms() - 1)
+                .await
+                .unwrap()
+        );
+        assert!(
+            s.record_oauth_nonce("tk", "old", later).await.unwrap(),
+            "expired memory"
+        );
+        assert!(!s.record_oauth_nonce("tk", "old", later).await.unwrap());
+
+        // Metadata credentials name their machine; issuing again replaces them.
+        let m = s
+            .create_machine(ingot_types::machine::NewMachine::default(), "test")
+            .await
+            .unwrap();
+        let k1 = s.issue_metadata_token(&m.id).await.unwrap();
+        let found = s
+            .machine_by_metadata_token(&k1.consumer_key, &k1.token_key, &k1.token_secret)
+            .await
+            .unwrap();
+        assert_eq!(found.map(|x| x.id), Some(m.id.clone()));
+        assert!(
+            s.machine_by_metadata_token(&k1.consumer_key, &k1.token_key, "x")
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            s.machine_by_metadata_token("x", &k1.token_key, &k1.token_secret)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let k2 = s.issue_metadata_token(&m.id).await.unwrap();
+        assert!(
+            s.machine_by_metadata_token(&k1.consumer_key, &k1.token_key, &k1.token_secret)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            s.machine_by_metadata_token(&k2.consumer_key, &k2.token_key, &k2.token_secret)
+                .await
+                .unwrap()
+                .is_some()
+        );
+
+        // Tags: deleting one takes it off machines.
+        s.create_tag("gpu", "", "", "").await.unwrap();
+        assert!(matches!(
+            s.create_tag("gpu", "", "", "").await,
+            Err(StoreError::Conflict { .. })
+        ));
+        let tags = vec!["gpu".to_owned(), "keep".to_owned()];
+        s.update_machine_fields(&m.id, None, None, None, Some(&tags))
+            .await
+            .unwrap();
+        s.delete_tag("gpu").await.unwrap();
+        assert_eq!(
+            s.machine(&m.id).await.unwrap().tags,
+            vec!["keep".to_owned()]
+        );
+        assert!(matches!(
+            s.tag("gpu").await,
+            Err(StoreError::NotFound { .. })
+        ));
+
+        // Zones: the default exists, one in use cannot be deleted.
+        assert_eq!(s.groups(GroupKind::Zone).await.unwrap()[0].name, "default");
+        s.create_group(GroupKind::Zone, "z2", "").await.unwrap();
+        s.update_machine_fields(&m.id, None, Some("z2"), None, None)
+            .await
+            .unwrap();
+        assert!(matches!(
+            s.delete_group(GroupKind::Zone, "z2").await,
+            Err(StoreError::Conflict { .. })
+        ));
+        s.update_machine_fields(&m.id, None, Some("default"), None, None)
+            .await
+            .unwrap();
+        s.delete_group(GroupKind::Zone, "z2").await.unwrap();
+        assert!(matches!(
+            s.delete_group(GroupKind::Pool, "default").await,
+            Err(StoreError::Conflict { .. })
+        ));
+
+        // Passwords and SSH keys.
+        let u = s.create_user("pat", false).await.unwrap();
+        assert!(
+            s.check_password("pat", "secret-words")
+                .await
+                .unwrap()
+                .is_none(),
+            "no password yet"
+        );
+        s.set_password(u.id, "secret-words").await.unwrap();
+        assert_eq!(
+            s.check_password("pat", "secret-words")
+                .await
+                .unwrap()
+                .map(|x| x.id),
+            Some(u.id)
+        );
+        assert!(s.check_password("pat", "wrong").await.unwrap().is_none());
+        assert!(
+            s.check_password("nobody", "secret-words")
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let key = s.add_ssh_key(u.id, "ssh-ed25519 AAAA pat").await.unwrap();
+        assert!(matches!(
+            s.add_ssh_key(u.id, "ssh-ed25519 AAAA pat").await,
+            Err(StoreError::Conflict { .. })
+        ));
+        assert_eq!(s.ssh_keys(u.id).await.unwrap(), vec![key.clone()]);
+        s.delete_ssh_key(u.id, key.id).await.unwrap();
+        assert!(s.ssh_keys(u.id).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn maas_tables_sqlite() {
+        suite(&crate::testing::sqlite().await).await;
+    }
+
+    #[tokio::test]
+    async fn maas_tables_postgres() {
+        let Some(db) = crate::testing::postgres().await else {
+            return;
+        };
+        suite(&db).await;
     }
 }
