@@ -318,3 +318,29 @@ async fn racing_allocations_over_http() {
     }
     assert_eq!(winners.len(), ids.len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bmc_without_boot_override_still_commissions() {
+    let r = setup().await;
+    let id = r.machine_ids().await[0].clone();
+    let bmc = r.bmc_of(&id).await;
+    let (st, _) = r
+        .call(
+            Some(&r.admin_key),
+            Method::PUT,
+            &format!("/api/v1/sim/bmcs/{bmc}/faults"),
+            Some(r#"{"refuse_boot_override":true}"#),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    r.act(&r.admin_key, &id, "commission", None).await;
+    r.wait_status(&id, "Ready").await;
+    let events = r.get(&format!("/api/v1/machines/{id}/events")).await;
+    assert!(
+        events.as_array().unwrap().iter().any(|e| e["message"]
+            .as_str()
+            .unwrap()
+            .contains("could not set next boot to PXE")),
+        "{events:#}"
+    );
+}

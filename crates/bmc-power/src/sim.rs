@@ -23,6 +23,10 @@ pub struct Faults {
     /// Power changes are accepted but never take effect (a stuck BMC).
     #[serde(default)]
     pub stuck: bool,
+    /// Boot overrides are refused (`Unsupported`), like BMCs without that feature; the
+    /// machine's boot order has the network first, so it still netboots.
+    #[serde(default)]
+    pub refuse_boot_override: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -227,7 +231,11 @@ impl SimDriver {
         move |s| {
             let was = s.power;
             s.power = target;
-            let boot_device = s.boot_device;
+            let boot_device = if s.faults.refuse_boot_override {
+                BootDevice::Pxe
+            } else {
+                s.boot_device
+            };
             if target == PowerState::On && s.boot_persistence == BootPersistence::Once {
                 s.boot_device = BootDevice::Disk;
                 s.boot_persistence = BootPersistence::Persistent;
@@ -259,7 +267,11 @@ impl PowerDriver for SimDriver {
     async fn power_cycle(&self) -> Result<(), PowerError> {
         let address = self.address.clone();
         self.call(move |s| {
-            let boot_device = s.boot_device;
+            let boot_device = if s.faults.refuse_boot_override {
+                BootDevice::Pxe
+            } else {
+                s.boot_device
+            };
             if s.boot_persistence == BootPersistence::Once {
                 s.boot_device = BootDevice::Disk;
                 s.boot_persistence = BootPersistence::Persistent;
@@ -286,6 +298,16 @@ impl PowerDriver for SimDriver {
         device: BootDevice,
         persistence: BootPersistence,
     ) -> Result<(), PowerError> {
+        if self
+            .registry
+            .faults(&self.address)
+            .is_some_and(|f| f.refuse_boot_override)
+        {
+            self.call(|_| ((), None)).await?; // still authenticates and counts the call
+            return Err(PowerError::Unsupported {
+                operation: "boot device override",
+            });
+        }
         self.call(move |s| {
             s.boot_device = device;
             s.boot_persistence = persistence;

@@ -526,8 +526,23 @@ impl Engine {
                 PowerOp::On => d.power_on().await?,
                 PowerOp::Off => d.power_off().await?,
                 PowerOp::NetbootCycle => {
-                    d.set_boot_device(BootDevice::Pxe, BootPersistence::Once)
-                        .await?;
+                    match d
+                        .set_boot_device(BootDevice::Pxe, BootPersistence::Once)
+                        .await
+                    {
+                        Ok(()) => {}
+                        // Some BMCs refuse boot overrides. A machine whose boot order puts the
+                        // network first still netboots, so go on; say so in its history.
+                        Err(e @ (PowerError::Unsupported { .. } | PowerError::Bmc { .. })) => {
+                            let msg = format!(
+                                "could not set next boot to PXE ({e}); powering on anyway: \
+                                 the machine must boot from the network by default"
+                            );
+                            tracing::warn!(machine = %id, "{msg}");
+                            self.store.record_event(id, "engine", "power", &msg).await?;
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
                     match d.power_state().await? {
                         PowerState::On => d.power_cycle().await?,
                         _ => d.power_on().await?,
