@@ -83,4 +83,4 @@ scenarios=$(pwd)/tests/clients/maas
     || fail "cloud-init MAAS datasource"
 (cd "$work" && "$VENV/bin/python" "$scenarios/libmaas_scenario.py" check-deployed --url "$url" --apikey "$key" --input "$work/seed.json") \
     || fail "Deployed after user-data"
-say "2 passed, 0 failed"
+say "4 passed, 0 failed"

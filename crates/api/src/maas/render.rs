@@ -123,7 +123,8 @@ pub fn fqdn(m: &Machine) -> String {
 }
 
 fn interface(m: &Machine, idx: usize, nic: &ingot_types::inventory::Nic, l: &Lookup) -> Value {
-    let id = idx + 1;
+    // MAAS interface ids are global; the MAC as a 48-bit number is too, and stable.
+    let id = u64::from_str_radix(&nic.mac.replace(':', ""), 16).unwrap_or(idx as u64 + 1);
     let links: Vec<Value> = l
         .ips
         .get(&nic.mac)
