@@ -21,7 +21,9 @@ from pnap_bmc_api.api.ssh_keys_api import SSHKeysApi
 from pnap_bmc_api.exceptions import ApiException
 from pnap_bmc_api.models.server_create import ServerCreate
 from pnap_bmc_api.models.server_patch import ServerPatch
+from pnap_bmc_api.models.server_reset import ServerReset
 from pnap_bmc_api.models.ssh_key_create import SshKeyCreate
+from pnap_bmc_api.models.tag_assignment_request import TagAssignmentRequest
 
 POLL_TIMEOUT_S = 60
 
@@ -50,7 +52,7 @@ def wait_status(servers: ServersApi, server_id: str, want: str) -> object:
         s = servers.servers_server_id_get(server_id)
         if s.status == want:
             return s
-        assert s.status in ("creating", "rebooting", "powered-on", "powered-off"), f"unexpected status {s.status}"
+        assert s.status in ("creating", "rebooting", "resetting", "powered-on", "powered-off"), f"unexpected status {s.status}"
         assert time.monotonic() < deadline, f"{server_id} never reached {want}; last {s.status}"
         time.sleep(0.2)
 
@@ -114,6 +116,22 @@ def main() -> int:
     assert r.result, r
     wait_status(servers, first, "powered-on")
     print("power off/on and reboot done")
+
+    # Shutdown and power-on on the second; reset (reinstall) on the third.
+    servers.servers_server_id_actions_shutdown_post(ids[1])
+    assert servers.servers_server_id_get(ids[1]).status == "powered-off"
+    servers.servers_server_id_actions_power_on_post(ids[1])
+    r = servers.servers_server_id_actions_reset_post(ids[2], ServerReset())
+    assert r.result, r
+    s = wait_status(servers, ids[2], "powered-on")
+    assert s.public_ip_addresses == created[2].public_ip_addresses, s
+    print("shutdown and reset done")
+
+    # Tags: PUT replaces them; list filters by name.value.
+    tagged = servers.servers_server_id_tags_put(first, [TagAssignmentRequest(name="env", value="sdk")])
+    assert [(t.name, t.value) for t in tagged.tags] == [("env", "sdk")], tagged.tags
+    assert [s.id for s in servers.servers_get(tag=["env.sdk"])] == [first]
+    assert servers.servers_get(tag=["env.other"]) == []
 
     patched = servers.servers_server_id_patch(first, ServerPatch(hostname="sdk-renamed", description="renamed"))
     assert patched.hostname == "sdk-renamed" and patched.description == "renamed", patched
