@@ -508,3 +508,15 @@ async fn windowed_transfer_recovers_from_a_lost_block() {
     );
     assert!(got == pattern(300_000, 2));
 }
+
+#[tokio::test]
+async fn answers_busy_beyond_max_sessions() {
+    let s = start(|cfg| cfg.max_sessions = 0).await;
+    match client::fetch(s.addr, "small.txt", &FetchOptions::default()).await {
+        Err(FetchError::Server { code, message }) => {
+            assert_eq!(code, ErrorCode::NotDefined);
+            assert_eq!(message, "server busy");
+        }
+        other => panic!("expected a busy error, got {other:?}"),
+    }
+}

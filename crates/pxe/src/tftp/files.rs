@@ -62,6 +62,9 @@ pub fn sanitize(filename: &str) -> Result<PathBuf, OpenFileError> {
     Ok(out)
 }
 
+/// Files above this size are read per request instead of cached (iPXE binaries are < 1 MiB).
+pub const CACHE_MAX_FILE: u64 = 16 << 20;
+
 /// Whole-file cache for the root: boot loaders are small and requested by every machine in a
 /// boot storm, so serving them from memory avoids a read syscall per block. Entries are
 /// revalidated by size and mtime on every open.
@@ -110,6 +113,11 @@ impl FileCache {
             return Ok(hit.bytes.clone());
         }
         let bytes: Arc<[u8]> = tokio::fs::read(&path).await.map_err(io_error)?.into();
+        if meta.len() > CACHE_MAX_FILE {
+            // Served, but not kept: the cache is for boot loaders, not for whatever else an
+            // operator drops into the root.
+            return Ok(bytes);
+        }
         self.entries.lock().unwrap().insert(
             path,
             CachedFile {
