@@ -11,7 +11,7 @@ mod agent;
 mod metadata;
 mod power_sync;
 
-pub use metadata::{SignalStatus, StatusEvent};
+pub use metadata::{MetadataSeed, SignalStatus, StatusEvent};
 pub use power_sync::{PowerSync, SyncReport};
 
 use bmc_power::{DriverFactory, PowerDriver, PowerError};

@@ -55,6 +55,42 @@ pub struct StatusEvent {
     pub result: Option<String>,
 }
 
+/// What a deployed OS needs to reach its metadata service: where, and with which of the
+/// machine's own credentials. The deploy path writes [`MetadataSeed::cloud_config`] into the
+/// target's `/etc/cloud/cloud.cfg.d/` (MAAS writes the same keys through curtin).
+#[derive(Clone, PartialEq, Eq)]
+pub struct MetadataSeed {
+    pub metadata_url: String,
+    pub consumer_key: String,
+    pub token_key: String,
+    pub token_secret: String,
+}
+
+impl std::fmt::Debug for MetadataSeed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetadataSeed")
+            .field("metadata_url", &self.metadata_url)
+            .field("token_key", &self.token_key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MetadataSeed {
+    /// A cloud-init config file selecting the MAAS datasource with these credentials.
+    /// Values are YAML double-quoted strings (keys and URLs never need more escaping than
+    /// `\\` and `\"`).
+    pub fn cloud_config(&self) -> String {
+        let q = |s: &str| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
+        format!(
+            "datasource_list: [ MAAS ]\ndatasource:\n  MAAS:\n    metadata_url: {}\n    consumer_key: {}\n    token_key: {}\n    token_secret: {}\n",
+            q(&self.metadata_url),
+            q(&self.consumer_key),
+            q(&self.token_key),
+            q(&self.token_secret)
+        )
+    }
+}
+
 impl Engine {
     /// Issues the machine's metadata-service OAuth credentials (MAAS `op=get_token`),
     /// replacing earlier ones. Administrators only.
@@ -66,6 +102,21 @@ impl Engine {
         Self::require_admin(actor)?;
         self.machine_for(actor, id).await?;
         Ok(self.store.issue_metadata_token(id).await?)
+    }
+
+    /// Fresh metadata credentials for a machine being deployed, for the deploy path to write
+    /// into the target (not an operator action: no actor). Replaces earlier credentials.
+    pub async fn metadata_seed(&self, id: &MachineId) -> Result<MetadataSeed, EngineError> {
+        let k = self.store.issue_metadata_token(id).await?;
+        Ok(MetadataSeed {
+            metadata_url: format!(
+                "{}/MAAS/metadata/",
+                self.cfg.region_url.trim_end_matches('/')
+            ),
+            consumer_key: k.consumer_key,
+            token_key: k.token_key,
+            token_secret: k.token_secret,
+        })
     }
 
     /// The machine's user-data for the metadata service. The deployed OS reading it while
@@ -242,4 +293,29 @@ impl Engine {
 
 fn deadline_after(after: std::time::Duration) -> i64 {
     chrono::Utc::now().timestamp_millis() + i64::try_from(after.as_millis()).unwrap_or(i64::MAX / 4)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_renders_a_maas_datasource_config() {
+        let seed = MetadataSeed {
+            metadata_url: "http://10.0.0.1:5240/MAAS/metadata/".into(),
+            consumer_key: "ck".into(),
+            token_key: "tk".into(),
+            token_secret: "s\"e\\c".into(),
+        };
+        assert_eq!(
+            seed.cloud_config(),
+            "datasource_list: [ MAAS ]\ndatasource:\n  MAAS:\n    \
+             metadata_url: \"http://10.0.0.1:5240/MAAS/metadata/\"\n    consumer_key: \"ck\"\n    \
+             token_key: \"tk\"\n    token_secret: \"s\\\"e\\\\c\"\n"
+        );
+        assert!(
+            !format!("{seed:?}").contains("s\\\"e"),
+            "Debug hides the secret"
+        );
+    }
 }
