@@ -650,6 +650,44 @@ async fn server_lifecycle_capacity_audit_and_usage() {
         )
         .await;
     assert_eq!(u["serverHours"], 4);
+
+    // An operator can retire a tenant's server; the tenant then no longer sees it.
+    let (_, list) = bmc(&r, tok, Method::GET, "/bmc/v1/servers", None).await;
+    let victim = list[0]["id"].as_str().unwrap().to_owned();
+    let path = format!("/api/v1/accounts/acme/servers/{victim}");
+    assert_eq!(
+        r.call(Some(tok), Method::DELETE, &path, None).await.0,
+        StatusCode::FORBIDDEN
+    );
+    let (st, v) = r
+        .call(Some(&r.admin_key), Method::DELETE, &path, None)
+        .await;
+    assert_eq!(
+        (st, v["serverId"].as_str()),
+        (StatusCode::OK, Some(victim.as_str())),
+        "{v}"
+    );
+    assert_eq!(
+        bmc(
+            &r,
+            tok,
+            Method::GET,
+            &format!("/bmc/v1/servers/{victim}"),
+            None
+        )
+        .await
+        .0,
+        StatusCode::NOT_FOUND
+    );
+    let (st, _) = r
+        .call(
+            Some(&r.admin_key),
+            Method::DELETE,
+            "/api/v1/accounts/nobody/servers/x",
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
 }
 
 /// Every tenant-facing endpoint, called by account B with account A's object ids, answers

@@ -36,6 +36,10 @@ pub fn router() -> axum::Router<AppState> {
         )
         .route("/api/v1/accounts/{name}/members", post(create_member))
         .route("/api/v1/accounts/{name}/servers", get(account_servers))
+        .route(
+            "/api/v1/accounts/{name}/servers/{id}",
+            delete(delete_account_server),
+        )
         .route("/api/v1/accounts/{name}/usage", get(account_usage))
         .route("/api/v1/audit-events", get(audit_events))
         .route("/api/v1/server-types", get(list_server_types))
@@ -338,6 +342,33 @@ async fn account_servers(
     Ok(Json(
         super::servers::operator_servers(store, Some(a.id)).await?,
     ))
+}
+
+/// Retires a tenant's server: the record goes and the machine is released with its disks
+/// erased, as when the tenant deletes it.
+async fn delete_account_server(
+    State(s): State<AppState>,
+    c: Caller,
+    Path((name, id)): Path<(String, String)>,
+) -> Result<Json<Value>> {
+    require_admin(&c)?;
+    let store = s.engine.store();
+    let a = account(store, &name).await?;
+    super::servers::end_server_as(&s, a.id, &c.actor(), &id)
+        .await
+        .map_err(|e| e.0)?;
+    let uri = format!("/api/v1/accounts/{name}/servers/{id}");
+    audit(
+        store,
+        &c,
+        Some(a.id),
+        "Operator.DeleteServer",
+        &format!("server/{id}"),
+        "DELETE",
+        &uri,
+    )
+    .await;
+    Ok(Json(json!({ "result": "Server deleted", "serverId": id })))
 }
 
 async fn account_usage(

@@ -703,8 +703,19 @@ pub async fn create(State(s): State<AppState>, t: Tenant, body: Bytes) -> Result
 /// Ends a server: the record goes (with its addresses and quota slot) and the machine is
 /// released with its disks erased before another tenant can get it.
 async fn end_server(s: &AppState, t: &Tenant, id: &str) -> Result<Server> {
-    let srv = s.engine.store().delete_server(t.account.id, id).await?;
-    if let Err(e) = s.engine.release(&t.actor(), &srv.machine_id, true).await {
+    end_server_as(s, t.account.id, &t.actor(), id).await
+}
+
+/// [`end_server`] for any caller allowed to release the account's machines (the tenant, or
+/// an operator retiring a tenant's server).
+pub async fn end_server_as(
+    s: &AppState,
+    account: i64,
+    actor: &ingot_engine::Actor,
+    id: &str,
+) -> Result<Server> {
+    let srv = s.engine.store().delete_server(account, id).await?;
+    if let Err(e) = s.engine.release(actor, &srv.machine_id, true).await {
         // The server is gone for the tenant either way; the operator sees the machine's state.
         tracing::warn!(machine = %srv.machine_id, error = %ingot_engine::error_chain(&e), "release after server delete failed");
     }
