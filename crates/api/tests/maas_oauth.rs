@@ -463,3 +463,42 @@ async fn metadata_credentials_and_user_keys_do_not_cross() {
         "replaced token",
     );
 }
+
+#[tokio::test]
+async fn tenant_member_keys_are_refused_on_the_maas_api() {
+    let r = sqlite_region().await;
+    let s = r.engine.store();
+    let account = s.create_account("acme", 5).await.unwrap();
+    let member = s
+        .create_account_member(account.id, "acme-dev")
+        .await
+        .unwrap();
+    let key = s
+        .create_api_key(member.id, "t")
+        .await
+        .unwrap()
+        .as_maas_key();
+    for path in [MACHINES, "/MAAS/api/2.0/machines/?op=allocate"] {
+        let method = if path.contains("allocate") {
+            Method::POST
+        } else {
+            Method::GET
+        };
+        let reply = call(&r, &key, method, path, Body::Multipart(&[])).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::FORBIDDEN,
+            "{path}: {}",
+            reply.text
+        );
+        assert!(reply.text.contains("cloud API"), "{}", reply.text);
+    }
+    // A plain MAAS user is unaffected.
+    let plain = r.user_key("plain", false).await;
+    assert_eq!(
+        call(&r, &plain, Method::GET, MACHINES, Body::None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+}

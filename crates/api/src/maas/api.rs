@@ -158,7 +158,22 @@ async fn dispatch_inner(
     } else {
         let req = oauth_request(&headers, &params)?
             .ok_or(MaasError::Auth(super::oauth::OAuthError::Anonymous))?;
-        Some(verify_user(&state, &req).await?)
+        let user = verify_user(&state, &req).await?;
+        // Tenants of the cloud API act through /bmc/v1, where their quotas and isolation
+        // live; letting their keys allocate here would bypass both.
+        if !user.is_admin
+            && state
+                .engine
+                .store()
+                .account_of_user(user.id)
+                .await?
+                .is_some()
+        {
+            return Err(MaasError::Forbidden(
+                "tenant credentials are for the cloud API (/bmc/v1), not the MAAS API".into(),
+            ));
+        }
+        Some(user)
     };
     let ctx = Ctx {
         state,

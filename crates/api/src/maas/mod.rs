@@ -56,6 +56,8 @@ async fn add_date(mut resp: Response) -> Response {
 pub enum MaasError {
     Api(ApiError),
     Auth(OAuthError),
+    /// Forbidden, with a reason more specific than "requires an administrator".
+    Forbidden(String),
 }
 
 impl From<ApiError> for MaasError {
@@ -110,6 +112,7 @@ impl IntoResponse for MaasError {
         };
         match self {
             MaasError::Auth(e) => unauthorized(e.to_string()),
+            MaasError::Forbidden(why) => text(ApiError::Forbidden.status_and_code().0, why),
             MaasError::Api(ApiError::Unauthorized) => {
                 unauthorized("authentication required".into())
             }
