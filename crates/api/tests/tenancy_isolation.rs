@@ -197,6 +197,14 @@ async fn oauth2_token_endpoint_follows_rfc6749() {
         "tenants cannot grab hardware past the cloud API"
     );
 
+    // Unknown paths under the phoenixNAP prefixes keep the phoenixNAP error shape.
+    let (st, v) = bmc(&r, &t.token, Method::GET, "/bmc/v1/no-such-thing", None).await;
+    assert_eq!(
+        (st, v["message"].is_string()),
+        (StatusCode::NOT_FOUND, true),
+        "{v}"
+    );
+
     // A revoked credential's tokens stop working.
     let (st, _) = r
         .call(

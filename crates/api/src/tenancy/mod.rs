@@ -27,7 +27,7 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{any, get, post, put};
 use ingot_engine::{Actor, EngineError};
 use ingot_store::{Account, NewAuditEvent, Store, StoreError, User};
 use serde_json::json;
@@ -108,7 +108,18 @@ pub fn router() -> axum::Router<AppState> {
             .route(&format!("{p}/events"), get(resources::events))
             .route(&format!("{p}/usage"), get(resources::usage));
     }
+    // Unknown paths under the phoenixNAP prefixes answer in phoenixNAP's error shape.
+    for p in ["/bmc/v1", "/bmc/v1beta", "/tag-manager/v1", "/audit/v1"] {
+        r = r.route(&format!("{p}/{{*rest}}"), any(unknown_path));
+    }
     r.merge(operator::router())
+}
+
+async fn unknown_path(uri: axum::http::Uri) -> PnapError {
+    PnapError(ApiError::NotFound {
+        kind: "resource",
+        id: uri.path().to_owned(),
+    })
 }
 
 /// An error in phoenixNAP's shape: `{"message": …, "validationErrors": […]}`.
