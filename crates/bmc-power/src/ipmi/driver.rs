@@ -616,7 +616,14 @@ impl IpmiDriver {
         let started = Instant::now();
         let mut wait = self.settings.first_attempt_timeout;
         let mut buffer = vec![0u8; 2048];
+        // One ICMP port unreachable may be stale (from an earlier packet); two attempts in a
+        // row refused mean nothing listens there, so stop retrying.
+        let mut refused_in_a_row = 0;
         for attempt in 0..attempts.max(1) {
+            if refused_in_a_row >= 2 {
+                break;
+            }
+            let mut refused_now = false;
             let packet = exchange.packet();
             if attempt > 0 {
                 tracing::debug!(address = %self.address, attempt, "retransmitting IPMI packet");
@@ -626,6 +633,7 @@ impl IpmiDriver {
                     return Err(self.unreachable(format!("send failed: {error}")));
                 }
                 link.refused = true;
+                refused_now = true;
             }
             let attempt_end = Instant::now() + wait;
             loop {
@@ -644,12 +652,14 @@ impl IpmiDriver {
                     Err(error) if error.kind() == io::ErrorKind::ConnectionRefused => {
                         // ICMP port unreachable. Keep the backoff rhythm: the error may be stale.
                         link.refused = true;
+                        refused_now = true;
                         tokio::time::sleep_until(attempt_end).await;
                         break;
                     }
                     Err(error) => return Err(self.unreachable(format!("receive failed: {error}"))),
                 }
             }
+            refused_in_a_row = if refused_now { refused_in_a_row + 1 } else { 0 };
             wait = (wait * 2).min(self.settings.max_attempt_timeout);
         }
         if link.refused {
@@ -945,13 +955,20 @@ mod tests {
         let driver = IpmiDriver::from_parameters(&p)
             .unwrap()
             .with_settings(IpmiSettings {
-                first_attempt_timeout: Duration::from_millis(50),
-                max_attempt_timeout: Duration::from_millis(100),
-                max_attempts: 3,
+                first_attempt_timeout: Duration::from_millis(200),
+                max_attempt_timeout: Duration::from_millis(800),
+                max_attempts: 6,
                 ..IpmiSettings::default()
             });
+        let started = std::time::Instant::now();
         let error = driver.power_state().await.unwrap_err();
         assert!(matches!(error, PowerError::Unreachable { .. }), "{error:?}");
+        // Two refused attempts (0.2 s + 0.4 s) end it, not the whole 3.8 s schedule.
+        assert!(
+            started.elapsed() < Duration::from_millis(1500),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     /// A peer that reads but never answers: bounded retries end in Timeout.
