@@ -144,6 +144,19 @@ def lifecycle(args):
     check(user_client.users.whoami().username == "scenario-user", "login")
     step("login() with username and password")
 
+    # A user does not see, and cannot act on, a machine another user owns.
+    held = client.machines.allocate()
+    visible = [x.system_id for x in user_client.machines.list()]
+    check(held.system_id not in visible, f"{held.hostname} (admin's) visible to the user: {visible}")
+    check(len(visible) == len(machines) - 1, f"the user sees the unowned machines: {visible}")
+    try:
+        user_client.machines.get(held.system_id)
+        raise AssertionError("the user read the admin's machine")
+    except CallError as e:
+        check(e.status == 404, f"reading another user's machine: {e.status}")
+    held.release(wait=True, wait_interval=POLL)
+    step("another user's machine is invisible (list) and 404 (read)")
+
     # Events are queryable.
     events = client.events.query(hostnames=[m.hostname], limit=50)
     check(len(list(events)) > 0, "events for the deployed machine")

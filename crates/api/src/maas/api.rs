@@ -1220,7 +1220,12 @@ async fn deploy(c: &Ctx) -> MaasResult<Response> {
     if let Some(os) = c.opt("osystem") {
         osystem = Some(os.to_owned());
     }
-    for (field, v) in [("distro_series", &series), ("osystem", &osystem)] {
+    let hwe_kernel = c.opt("hwe_kernel").map(str::to_owned);
+    for (field, v) in [
+        ("distro_series", &series),
+        ("osystem", &osystem),
+        ("hwe_kernel", &hwe_kernel),
+    ] {
         if let Some(v) = v
             && (v.is_empty()
                 || !v
@@ -1233,7 +1238,7 @@ async fn deploy(c: &Ctx) -> MaasResult<Response> {
     let opts = DeployOptions {
         osystem,
         distro_series: series,
-        hwe_kernel: c.opt("hwe_kernel").map(str::to_owned),
+        hwe_kernel,
         user_data,
     };
     let m = c
