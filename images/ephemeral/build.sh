@@ -14,6 +14,7 @@
 #   INGOT_IMAGE_CACHE     cache root (default /var/cache/ingot-images)
 #   INGOT_KERNEL_PACKAGE  e.g. linux-image-6.1.0-56-amd64 (default: what linux-image-amd64
 #                         depends on in the apt lists)
+#   INGOT_IMAGE_KEEP      how many builds to keep in the cache (default 5)
 #   CARGO_TARGET_DIR      where cargo builds the agent (default <repo>/target)
 # Needs: apt-get, dpkg-deb, depmod (kmod), cpio, gzip, sha256sum; cargo unless --agent.
 set -euo pipefail
@@ -45,7 +46,7 @@ done
 
 # --- the agent: static, so the initramfs needs no C library -------------------------------
 if [ -z "$agent" ]; then
-    say "building ingot-agent (static, release)"
+    say "cargo build of ingot-agent (static, release; quick when up to date)"
     # crt-static with the host's own target: no extra toolchain download. The agent never
     # resolves host names through NSS, the one thing static glibc cannot do.
     (cd "$repo" && RUSTFLAGS="-C target-feature=+crt-static" \
@@ -179,5 +180,10 @@ JSON
 rm -rf "$out"
 mv "$work/out" "$out"
 ln -sfn "$key" "$cache/ephemeral/latest"
+# Keep the newest few builds (about 16 MB each); older ones are only a rebuild away.
+find "$cache/ephemeral" -mindepth 1 -maxdepth 1 -type d ! -name '.*' -printf '%T@ %f\n' | sort -rn |
+    tail -n +$((${INGOT_IMAGE_KEEP:-5} + 1)) | while read -r _ old; do
+        [ "$old" = "$key" ] || rm -rf "${cache:?}/ephemeral/$old"
+    done
 say "built $out: vmlinuz $(size "$out/vmlinuz") bytes, initrd.gz $(size "$out/initrd.gz") bytes, $(echo "$paths" | wc -l) modules"
 echo "$out"

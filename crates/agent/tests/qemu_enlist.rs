@@ -4,7 +4,7 @@
 //! maps the guest's 10.0.2.2 to the host's loopback, so all traffic stays on this machine.
 //!
 //! A VM with 2 vCPUs, 1 GiB and an 8 GiB virtio disk enlists (New, with exactly its MAC, CPU
-//! count, memory and disk), then commissions to Ready. Serial logs are kept when it fails.
+//! count, memory and disk), then commissions to Ready. Serial logs are kept when it fails (and with `INGOT_KEEP_VM_LOGS=1`).
 //!
 //! Needs qemu-system-x86, qemu-utils, kmod, cpio and the apt mirror (first build only). When
 //! they are missing the test fails under `CI` or `INGOT_REQUIRE_LAB`, and otherwise says so
@@ -26,6 +26,19 @@ const MAC: &str = "52:54:00:a9:00:01";
 const DISK_BYTES: u64 = 8 << 30;
 const DISK_SERIAL: &str = "INGOT-DISK-1";
 const SYSTEM_SERIAL: &str = "INGOT-VM-1";
+/// Debian package `ovmf`.
+const OVMF: &str = "/usr/share/ovmf/OVMF.fd";
+
+/// Two cores: one TCG VM at a time.
+static ONE_VM_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Firmware {
+    /// SeaBIOS
+    Bios,
+    /// OVMF
+    Uefi,
+}
 
 fn lab_required() -> bool {
     ["CI", "INGOT_REQUIRE_LAB"]
@@ -66,7 +79,11 @@ impl Drop for Logs {
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!("VM logs kept in {}", self.dir.display());
-            for log in ["enlist.serial.log", "commission.serial.log"] {
+            for log in [
+                "enlist.serial.log",
+                "commission.serial.log",
+                "unreachable.serial.log",
+            ] {
                 if let Ok(text) = std::fs::read_to_string(self.dir.join(log)) {
                     let tail: Vec<&str> = text.lines().rev().take(40).collect();
                     eprintln!("--- last lines of {log} ---");
@@ -75,6 +92,11 @@ impl Drop for Logs {
                     }
                 }
             }
+        } else if std::env::var_os("INGOT_KEEP_VM_LOGS").is_some() {
+            eprintln!(
+                "VM logs kept in {} (INGOT_KEEP_VM_LOGS)",
+                self.dir.display()
+            );
         } else {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
@@ -111,16 +133,42 @@ fn build_image() -> Result<Image, String> {
     })
 }
 
-/// Everything the test needs from the host, or why not.
-fn prerequisites() -> Result<Image, String> {
-    for program in ["qemu-system-x86_64", "qemu-img"] {
-        if !have(program) {
-            return Err(format!(
-                "{program} is missing (apt-get install qemu-system-x86 qemu-utils)"
-            ));
+/// Everything a test needs from the host: the image. When something is missing the test
+/// fails under CI/INGOT_REQUIRE_LAB; elsewhere it says why and gets None (the test returns).
+fn prerequisites(firmware: Firmware) -> Option<Image> {
+    let check = || {
+        for program in ["qemu-system-x86_64", "qemu-img"] {
+            if !have(program) {
+                return Err(format!(
+                    "{program} is missing (apt-get install qemu-system-x86 qemu-utils)"
+                ));
+            }
         }
+        if firmware == Firmware::Uefi && !Path::new(OVMF).exists() {
+            return Err(format!("{OVMF} is missing (apt-get install ovmf)"));
+        }
+        build_image()
+    };
+    match check() {
+        Ok(image) => Some(image),
+        Err(why) if !lab_required() => {
+            eprintln!("NOT RUN (set CI or INGOT_REQUIRE_LAB to make this a failure): {why}");
+            None
+        }
+        Err(why) => panic!("{why}"),
     }
-    build_image()
+}
+
+fn create_disk(logs: &Logs) -> PathBuf {
+    let disk = logs.dir.join("disk.qcow2");
+    let st = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&disk)
+        .arg(DISK_BYTES.to_string())
+        .status()
+        .unwrap();
+    assert!(st.success(), "qemu-img create");
+    disk
 }
 
 struct Vm {
@@ -139,11 +187,22 @@ impl Drop for Vm {
 /// Powers on a VM that boots the ephemeral environment directly (what iPXE does after
 /// fetching kernel and initrd). The NIC gets no option ROM: nothing netboots here, and
 /// loading iPXE costs seconds under TCG.
-fn power_on(image: &Image, logs: &Logs, disk: &Path, label: &str, cmdline: &str) -> Vm {
+fn power_on(
+    image: &Image,
+    logs: &Logs,
+    disk: &Path,
+    label: &str,
+    cmdline: &str,
+    firmware: Firmware,
+) -> Vm {
     let accel = std::env::var("INGOT_QEMU_ACCEL").unwrap_or_else(|_| "tcg".into());
     let serial = logs.dir.join(format!("{label}.serial.log"));
     let qemu_log = std::fs::File::create(logs.dir.join(format!("{label}.qemu.log"))).unwrap();
-    let child = Command::new("qemu-system-x86_64")
+    let mut qemu = Command::new("qemu-system-x86_64");
+    if firmware == Firmware::Uefi {
+        qemu.args(["-bios", OVMF]);
+    }
+    let child = qemu
         .args([
             "-accel",
             &accel,
@@ -259,23 +318,12 @@ fn init_uptime(serial: &str) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_qemu_vm_enlists_then_commissions_to_ready() {
-    let image = match prerequisites() {
-        Ok(image) => image,
-        Err(why) if !lab_required() => {
-            eprintln!("NOT RUN (set CI or INGOT_REQUIRE_LAB to make this a failure): {why}");
-            return;
-        }
-        Err(why) => panic!("{why}"),
+    let _one = ONE_VM_AT_A_TIME.lock().await;
+    let Some(image) = prerequisites(Firmware::Bios) else {
+        return;
     };
     let logs = Logs::new("qemu-enlist");
-    let disk = logs.dir.join("disk.qcow2");
-    let st = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&disk)
-        .arg(DISK_BYTES.to_string())
-        .status()
-        .unwrap();
-    assert!(st.success(), "qemu-img create");
+    let disk = create_disk(&logs);
 
     // The guest reaches the loopback-bound region as 10.0.2.2.
     let region = common::region("10.0.2.2").await;
@@ -289,7 +337,7 @@ async fn a_qemu_vm_enlists_then_commissions_to_ready() {
         decision.boot_token.as_deref().unwrap(),
         "enlist",
     );
-    let mut vm = power_on(&image, &logs, &disk, "enlist", &line);
+    let mut vm = power_on(&image, &logs, &disk, "enlist", &line, Firmware::Bios);
     let enlisted_after = loop {
         if store.machine_by_mac(MAC).await.unwrap().is_some() {
             break vm.started.elapsed();
@@ -331,7 +379,7 @@ async fn a_qemu_vm_enlists_then_commissions_to_ready() {
         decision.boot_token.as_deref().unwrap(),
         "commission",
     );
-    let mut vm = power_on(&image, &logs, &disk, "commission", &line);
+    let mut vm = power_on(&image, &logs, &disk, "commission", &line, Firmware::Bios);
     let ready_after = loop {
         let now = store.machine(&m.id).await.unwrap();
         match now.status {
@@ -366,5 +414,47 @@ async fn a_qemu_vm_enlists_then_commissions_to_ready() {
         ready_after.as_secs_f64(),
         commission_off_after.as_secs_f64(),
         init_uptime(&serial)
+    );
+}
+
+/// UEFI firmware, and a region nobody answers at: the agent retries, says why on the console
+/// in words an operator can act on, and the environment powers the machine off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_uefi_vm_facing_an_unreachable_region_says_so_and_powers_off() {
+    let _one = ONE_VM_AT_A_TIME.lock().await;
+    let Some(image) = prerequisites(Firmware::Uefi) else {
+        return;
+    };
+    let logs = Logs::new("qemu-unreachable");
+    let disk = create_disk(&logs);
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    }; // closed again: the guest's connections to 10.0.2.2:port are refused
+    let region_url = format!("http://10.0.2.2:{port}");
+    let line = format!(
+        "{} ingot.attempts=3",
+        cmdline(&region_url, "t0ken", "commission")
+    );
+    let mut vm = power_on(&image, &logs, &disk, "unreachable", &line, Firmware::Uefi);
+    let off_after = vm.powered_off().await;
+    let serial = vm.serial_log();
+    for want in [
+        "Uefi boot".to_owned(),
+        "region not answering /instructions (attempt 1/3: Connection refused".to_owned(),
+        format!(
+            "FAILED: region at {region_url} is unreachable: gave up trying to get instructions after 3 attempts"
+        ),
+        "powering off".to_owned(),
+    ] {
+        assert!(serial.contains(&want), "serial console lacks {want:?}");
+    }
+    assert!(
+        !serial.contains("t0ken"),
+        "the token must not appear on the console"
+    );
+    eprintln!(
+        "BENCH unreachable (UEFI): power-on -> powered off {:.1} s",
+        off_after.as_secs_f64()
     );
 }
