@@ -658,6 +658,48 @@ async fn ipmi_sim_power_on_off_status_round_trip_drives_a_real_qemu() {
     );
 }
 
+/// Cycle while on restarts the guest (a new QEMU process). Soft off only asks the guest (ACPI);
+/// this guest has no OS to honour it, so the BMC accepts it and the guest keeps running until a
+/// hard power off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipmi_sim_cycle_restarts_the_guest_and_soft_off_is_only_a_request() {
+    let sim = IpmiSim::start(PASSWORD);
+    let driver = driver(sim.port, PASSWORD, None);
+    driver.power_on().await.unwrap();
+    peers::wait_for("the QEMU guest to start", Duration::from_secs(20), || {
+        !sim.qemu_pids().is_empty()
+    });
+    wait_for_power(&driver, PowerState::On).await;
+    let before = sim.qemu_pids();
+
+    timed("power cycle (from on)", driver.power_cycle())
+        .await
+        .unwrap();
+    let restarted = peers::wait_for("a new QEMU process", Duration::from_secs(30), || {
+        let now = sim.qemu_pids();
+        !now.is_empty() && now != before
+    });
+    eprintln!(
+        "guest restarted {restarted:?} after the cycle: {before:?} -> {:?}",
+        sim.qemu_pids()
+    );
+    wait_for_power(&driver, PowerState::On).await;
+
+    timed("soft off", driver.soft_off()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(driver.power_state().await, Ok(PowerState::On));
+    assert!(
+        !sim.qemu_pids().is_empty(),
+        "an OS-less guest ignores the ACPI request"
+    );
+    driver.power_off().await.unwrap();
+    peers::wait_for("the guest to stop", Duration::from_secs(20), || {
+        sim.qemu_pids().is_empty()
+    });
+    wait_for_power(&driver, PowerState::Off).await;
+    assert_eq!(peers::ipmitool_power_status(sim.port, PASSWORD), "off");
+}
+
 #[tokio::test]
 async fn ipmi_sim_negotiates_suite_3_because_17_is_not_offered() {
     let sim = IpmiSim::start(PASSWORD);
