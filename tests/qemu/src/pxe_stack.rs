@@ -252,6 +252,9 @@ async fn serve_stack(
         );
         let mut cfg = DhcpConfig::new("br0", server_ip, vec![subnet]);
         cfg.boot.ipxe_script_url = IPXE_SCRIPT_URL.into();
+        // The lab link has no IPv6 router; without advertisements iPXE (2019 build) waits
+        // ~13 s for router discovery after every DHCPACK.
+        cfg.router_advertisements = true;
         let mut stop = stop_tx.subscribe();
         let backend = dyn_backend.clone();
         tokio::spawn(async move {
