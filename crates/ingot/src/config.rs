@@ -132,6 +132,11 @@ pub struct ServeArgs {
     /// proxyDHCP: leave addresses to the site's DHCP server, answer only the PXE part.
     #[arg(long, env = "INGOT_PROXY_DHCP")]
     pub proxy_dhcp: bool,
+    /// Answer IPv6 router solicitations with an empty advertisement (lifetime 0) so iPXE stops
+    /// waiting ~16 s for IPv6 before its first download. Default: on in full DHCP mode (Ingot
+    /// owns the provisioning network), off with --proxy-dhcp (a site network with its own routers).
+    #[arg(long, env = "INGOT_PXE_ROUTER_ADVERTISEMENTS")]
+    pub pxe_router_advertisements: Option<bool>,
     /// HTTP boot port (MAAS's rack uses 5248).
     #[arg(long, env = "INGOT_PXE_HTTP_PORT")]
     pub pxe_http_port: Option<u16>,
@@ -161,6 +166,7 @@ pub struct FileConfig {
     pub pxe_subnet: Option<String>,
     pub pxe_range: Option<String>,
     pub proxy_dhcp: Option<bool>,
+    pub pxe_router_advertisements: Option<bool>,
     pub pxe_http_port: Option<u16>,
     pub tftp_root: Option<PathBuf>,
     pub images_dir: Option<PathBuf>,
@@ -238,11 +244,16 @@ impl ServeArgs {
                     .clone()
                     .or(file.data_dir.clone())
                     .unwrap_or_else(|| PathBuf::from("./ingot-data"));
+                let proxy = self.proxy_dhcp || file.proxy_dhcp.unwrap_or(false);
                 Some(crate::pxe::PxeSettings {
                     interface,
                     subnet,
                     range,
-                    proxy: self.proxy_dhcp || file.proxy_dhcp.unwrap_or(false),
+                    proxy,
+                    router_advertisements: self
+                        .pxe_router_advertisements
+                        .or(file.pxe_router_advertisements)
+                        .unwrap_or(!proxy),
                     http_port: self.pxe_http_port.or(file.pxe_http_port).unwrap_or(5248),
                     tftp_root: self
                         .tftp_root

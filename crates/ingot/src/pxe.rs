@@ -71,6 +71,7 @@ pub struct PxeSettings {
     pub subnet: ipnet::Ipv4Net,
     pub range: Option<(Ipv4Addr, Ipv4Addr)>,
     pub proxy: bool,
+    pub router_advertisements: bool,
     pub http_port: u16,
     pub tftp_root: PathBuf,
     pub images_dir: PathBuf,
@@ -136,6 +137,7 @@ pub async fn start(
         server_ip,
         vec![SubnetConfig::new(s.subnet, s.range.into_iter().collect())],
     );
+    dhcp.router_advertisements = s.router_advertisements;
     dhcp.mode = if s.proxy {
         DhcpMode::Proxy
     } else {

@@ -1,0 +1,430 @@
+//! The whole chain through the real binary: `ingot serve --pxe-interface br0` runs inside a lab
+//! network namespace; unknown QEMU VMs (BIOS and UEFI; 2 vCPUs, 1 GiB, an 8 GiB virtio disk)
+//! PXE-boot from it (DHCP → iPXE → per-MAC script → ephemeral kernel + initrd over HTTP), the
+//! agent enlists them, and they appear in the API as New with exactly their hardware and as
+//! discovered devices. Then the BIOS machine gets an IPMI BMC (OpenIPMI `ipmi_sim`, whose
+//! `startcmd` is that same VM) and is commissioned through the API: Ingot powers it on over
+//! RMCP+, it netboots, the agent reports, and it becomes Ready and is powered off.
+//!
+//! Needs root (network namespaces), qemu-system-x86, ipxe-qemu, ovmf, openipmi, and the
+//! ephemeral image recipe's packages. Fails rather than skips when they are missing.
+
+use ingot_lab::{Firmware, Lab, require_lab_files, wait_for};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The `ingot` binary next to this test's build directory (cargo builds it for the workspace).
+fn ingot_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("INGOT_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().unwrap();
+    let debug = exe.parent().unwrap().parent().unwrap();
+    let bin = debug.join("ingot");
+    if !bin.exists() {
+        let st = Command::new("cargo")
+            .args(["build", "-q", "-p", "ingot"])
+            .current_dir(repo_root())
+            .status()
+            .unwrap();
+        assert!(st.success(), "cargo build -p ingot failed");
+    }
+    assert!(bin.exists(), "no ingot binary at {}", bin.display());
+    bin
+}
+
+/// Builds (or reuses, by content hash) the ephemeral kernel + initrd.
+fn ephemeral_image() -> PathBuf {
+    let out = Command::new("bash")
+        .arg(repo_root().join("images/ephemeral/build.sh"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "images/ephemeral/build.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = PathBuf::from(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap()
+            .trim(),
+    );
+    assert!(
+        dir.join("vmlinuz").exists() && dir.join("initrd.gz").exists(),
+        "{}",
+        dir.display()
+    );
+    dir
+}
+
+/// Calls the region from inside the namespace (the only place its address exists).
+fn api(lab: &Lab, key: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let url = format!("http://{}:5240{path}", lab.server_ip());
+    let (key, method) = (key.to_owned(), method.to_owned());
+    lab.spawn_in_netns(move || {
+        let c = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .build()
+            .unwrap();
+        let mut req = c.request(method.parse().unwrap(), url).bearer_auth(key);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        match req.send() {
+            Ok(r) => {
+                let st = r.status().as_u16();
+                (st, r.json().unwrap_or(Value::Null))
+            }
+            Err(_) => (0, Value::Null),
+        }
+    })
+    .unwrap()
+    .join()
+    .unwrap()
+}
+
+fn machine_with_mac(lab: &Lab, key: &str, mac: &str) -> Option<Value> {
+    let (st, list) = api(
+        lab,
+        key,
+        "GET",
+        &format!("/api/v1/machines?mac={mac}"),
+        None,
+    );
+    (st == 200).then_some(())?;
+    list.as_array()?.first().cloned()
+}
+
+/// The QEMU command line of the test machine, booting from the network first.
+fn vm_command(
+    firmware: Firmware,
+    mac: &str,
+    tap: &str,
+    disk: &Path,
+    serial: &Path,
+    extra: &str,
+) -> String {
+    let fw = match firmware {
+        Firmware::Bios => String::new(),
+        Firmware::Uefi => "-bios /usr/share/ovmf/OVMF.fd ".into(),
+    };
+    let accel = std::env::var("INGOT_QEMU_ACCEL").unwrap_or_else(|_| "tcg".into());
+    format!(
+        "qemu-system-x86_64 -accel {accel} -m 1024 -smp 2 -display none -monitor none -nodefaults -no-user-config \
+         {fw}-boot n -serial file:{serial} -drive file={disk},format=raw,if=virtio \
+         -netdev tap,id=n0,ifname={tap},script=no,downscript=no -device virtio-net-pci,netdev=n0,mac={mac} {extra}",
+        serial = serial.display(),
+        disk = disk.display(),
+    )
+}
+
+struct Setup {
+    lab: Lab,
+    key: String,
+    data: tempfile::TempDir,
+}
+
+fn start_region() -> Setup {
+    for fw in [Firmware::Bios, Firmware::Uefi] {
+        require_lab_files(fw)
+            .expect("QEMU and firmware must be installed (scripts/install-deps.sh)");
+    }
+    let image = ephemeral_image();
+    let bin = ingot_bin();
+    let mut lab = Lab::new().expect("lab namespace");
+    let data = tempfile::tempdir().unwrap();
+    let images = data.path().join("images/ephemeral");
+    std::fs::create_dir_all(&images).unwrap();
+    for f in ["vmlinuz", "initrd.gz"] {
+        std::fs::copy(image.join(f), images.join(f)).unwrap();
+    }
+    let out = Command::new(&bin)
+        .args([
+            "admin",
+            "create-user",
+            "--username",
+            "admin",
+            "--admin",
+            "--data-dir",
+        ])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned();
+    let ip = lab.server_ip();
+    let net = ip.octets();
+    let subnet = format!("{}.{}.{}.0/24", net[0], net[1], net[2]);
+    let range = format!("{0}.{1}.{2}.100-{0}.{1}.{2}.150", net[0], net[1], net[2]);
+    let listen = format!("{ip}:5240");
+    let region = format!("http://{ip}:5240");
+    let data_dir = data.path().display().to_string();
+    lab.spawn_process(
+        "ingot-serve",
+        &bin.display().to_string(),
+        &[
+            "serve",
+            "--listen",
+            &listen,
+            "--region-url",
+            &region,
+            "--data-dir",
+            &data_dir,
+            "--pxe-interface",
+            "br0",
+            "--pxe-subnet",
+            &subnet,
+            "--pxe-range",
+            &range,
+            "--commission-timeout",
+            "600",
+            "--power-sync-interval",
+            "0",
+        ],
+    )
+    .unwrap();
+    let up = wait_for(Duration::from_secs(30), || {
+        (api(&lab, &key, "GET", "/api/v1/machines", None).0 == 200).then_some(())
+    });
+    assert!(
+        up.is_some(),
+        "ingot serve did not come up; see {}/ingot-serve.log",
+        lab.logs_dir().display()
+    );
+    Setup { lab, key, data }
+}
+
+fn gib(n: u64) -> u64 {
+    n << 30
+}
+
+/// Boots an unknown VM and waits for it to enlist. Returns the machine and seconds taken.
+fn enlist(s: &mut Setup, firmware: Firmware, mac: &str) -> (Value, f64) {
+    let tap = s.lab.add_tap().unwrap();
+    let disk = s.data.path().join(format!("{}.img", mac.replace(':', "")));
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(gib(8))
+        .unwrap();
+    let serial = s
+        .lab
+        .logs_dir()
+        .join(format!("enlist-{firmware:?}.serial.log"));
+    let cmd = vm_command(firmware, mac, &tap, &disk, &serial, "-no-reboot");
+    let words: Vec<&str> = cmd.split_whitespace().collect();
+    let started = Instant::now();
+    s.lab
+        .spawn_process(&format!("vm-{firmware:?}"), words[0], &words[1..])
+        .unwrap();
+    let m = wait_for(BOOT_TIMEOUT, || machine_with_mac(&s.lab, &s.key, mac)).unwrap_or_else(|| {
+        panic!(
+            "{firmware:?} VM never enlisted; serial log: {}",
+            serial.display()
+        )
+    });
+    (m, started.elapsed().as_secs_f64())
+}
+
+fn assert_hardware(m: &Value, mac: &str) {
+    assert_eq!(m["status_name"], "New", "{m:#}");
+    assert_eq!(m["boot_mac"], mac);
+    assert_eq!(m["cpu_count"], 2, "{m:#}");
+    let mem = m["memory_mib"].as_u64().unwrap();
+    assert_eq!(mem, 1024, "memory as the VM has it: {m:#}");
+    let disks = m["disks"].as_array().unwrap();
+    assert_eq!(disks.len(), 1, "{m:#}");
+    assert_eq!(disks[0]["size_bytes"].as_u64(), Some(gib(8)), "{m:#}");
+    let nics = m["interfaces"].as_array().unwrap();
+    assert!(nics.iter().any(|n| n["mac"] == mac), "{m:#}");
+}
+
+#[test]
+fn unknown_vms_enlist_and_commission_through_a_virtual_bmc() {
+    let mut s = start_region();
+
+    // 1. Unknown BIOS and UEFI machines enlist themselves.
+    let bios_mac = "52:54:00:e2:e0:01";
+    let (bios, t_bios) = enlist(&mut s, Firmware::Bios, bios_mac);
+    assert_hardware(&bios, bios_mac);
+    let uefi_mac = "52:54:00:e2:e0:02";
+    let (uefi, t_uefi) = enlist(&mut s, Firmware::Uefi, uefi_mac);
+    assert_hardware(&uefi, uefi_mac);
+    let (_, disc) = api(&s.lab, &s.key, "GET", "/api/v1/discoveries", None);
+    for mac in [bios_mac, uefi_mac] {
+        let d = disc
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["mac"] == mac)
+            .unwrap_or_else(|| panic!("{mac} not discovered: {disc:#}"));
+        assert!(d["ip"].is_string(), "{d}");
+        assert!(d["machine_id"].is_string(), "{d}");
+    }
+    eprintln!("enlist: BIOS {t_bios:.1} s, UEFI {t_uefi:.1} s (VM start → New in the API)");
+    // The VMs power themselves off after enlisting.
+    for label in ["vm-Bios", "vm-Uefi"] {
+        assert!(
+            wait_for(Duration::from_secs(60), || (!s.lab.process_running(label))
+                .then_some(()))
+            .is_some(),
+            "{label} kept running"
+        );
+    }
+
+    // 2. Give the BIOS machine an IPMI BMC whose power-on starts the same VM, and commission it.
+    let id = bios["id"].as_str().unwrap().to_owned();
+    let tap = s.lab.add_tap().unwrap();
+    let disk = s
+        .data
+        .path()
+        .join(format!("{}.img", bios_mac.replace(':', "")));
+    let serial = s.lab.logs_dir().join("commission.serial.log");
+    let vm = vm_command(Firmware::Bios, bios_mac, &tap, &disk, &serial, "");
+    let (lan_port, serial_port) = (16230, 19002);
+    let conf = format!(
+        "name \"e2e\"\nset_working_mc 0x20\n  startlan 1\n    addr 127.0.0.1 {lan_port}\n    priv_limit admin\n    \
+         allowed_auths_callback none md2 md5 straight\n    allowed_auths_user none md2 md5 straight\n    \
+         allowed_auths_operator none md2 md5 straight\n    allowed_auths_admin none md2 md5 straight\n    \
+         guid a123456789abcdefa123456789abcdef\n  endlan\n  serial 15 127.0.0.1 {serial_port} codec VM\n  \
+         startcmd \"{vm} -chardev socket,id=ipmi0,host=127.0.0.1,port={serial_port},reconnect=10 \
+         -device ipmi-bmc-extern,id=bmc0,chardev=ipmi0 -device isa-ipmi-kcs,bmc=bmc0\"\n  startnow false\n  \
+         poweroff_wait 2\n  kill_wait 2\nuser 2 true  \"admin\" \"bmc-secret\" admin 10 none md2 md5 straight\n"
+    );
+    let bmc_dir = s.data.path().join("bmc");
+    std::fs::create_dir_all(bmc_dir.join("state")).unwrap();
+    std::fs::write(bmc_dir.join("lan.conf"), conf).unwrap();
+    std::fs::copy(
+        repo_root().join("crates/bmc-power/tests/peers/ipmi_sim/sim.emu"),
+        bmc_dir.join("sim.emu"),
+    )
+    .unwrap();
+    let (c, f, st) = (
+        bmc_dir.join("lan.conf"),
+        bmc_dir.join("sim.emu"),
+        bmc_dir.join("state"),
+    );
+    s.lab
+        .spawn_process(
+            "ipmi_sim",
+            "ipmi_sim",
+            &[
+                "-c",
+                &c.display().to_string(),
+                "-f",
+                &f.display().to_string(),
+                "-s",
+                &st.display().to_string(),
+                "-n",
+            ],
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1)); // ipmi_sim binds its LAN port
+    let params = serde_json::json!({"power_type": "ipmi", "power_parameters": {
+        "power_address": format!("127.0.0.1:{lan_port}"), "power_user": "admin", "power_pass": "bmc-secret", "power_driver": "LAN_2_0"}});
+    let (st_code, m) = api(
+        &s.lab,
+        &s.key,
+        "PUT",
+        &format!("/api/v1/machines/{id}/power-parameters"),
+        Some(params),
+    );
+    assert_eq!(st_code, 200, "{m}");
+    assert!(m["power_parameters"].get("power_pass").is_none());
+
+    let started = Instant::now();
+    let (st_code, m) = api(
+        &s.lab,
+        &s.key,
+        "POST",
+        &format!("/api/v1/machines/{id}/actions/commission"),
+        None,
+    );
+    assert_eq!(
+        (st_code, m["status_name"].as_str()),
+        (200, Some("Commissioning")),
+        "{m}"
+    );
+    let ready = wait_for(BOOT_TIMEOUT, || {
+        let (_, m) = api(
+            &s.lab,
+            &s.key,
+            "GET",
+            &format!("/api/v1/machines/{id}"),
+            None,
+        );
+        match m["status_name"].as_str() {
+            Some("Ready") => Some(Ok(m)),
+            Some("Failed commissioning") => Some(Err(m)),
+            _ => None,
+        }
+    });
+    let m = match ready {
+        Some(Ok(m)) => m,
+        Some(Err(m)) => panic!("commissioning failed: {m:#}"),
+        None => {
+            let (_, ev) = api(
+                &s.lab,
+                &s.key,
+                "GET",
+                &format!("/api/v1/machines/{id}/events"),
+                None,
+            );
+            panic!(
+                "never Ready; events: {ev:#}\nserial log: {}",
+                serial.display()
+            )
+        }
+    };
+    let t_commission = started.elapsed().as_secs_f64();
+    assert_eq!(
+        (m["cpu_count"].as_u64(), m["memory_mib"].as_u64()),
+        (Some(2), Some(1024))
+    );
+    eprintln!(
+        "commission: {t_commission:.1} s (API commission → Ready, powered by IPMI through ipmi_sim)"
+    );
+    // Ingot powers the machine off when commissioning is done: the VM process ends.
+    let off = wait_for(Duration::from_secs(60), || {
+        let out = Command::new("pgrep")
+            .args(["-f", &format!("mac={bios_mac}")])
+            .output()
+            .unwrap();
+        (!out.status.success()).then_some(())
+    });
+    assert!(off.is_some(), "the VM is still running after commissioning");
+    let (_, ev) = api(
+        &s.lab,
+        &s.key,
+        "GET",
+        &format!("/api/v1/machines/{id}/events"),
+        None,
+    );
+    let text = ev.to_string();
+    assert!(text.contains("commissioning complete"), "{ev:#}");
+    let _ = std::fs::write(
+        std::env::temp_dir().join("ingot-e2e-timings.txt"),
+        format!(
+            "enlist_bios_s={t_bios:.1}\nenlist_uefi_s={t_uefi:.1}\ncommission_bios_s={t_commission:.1}\n"
+        ),
+    );
+}
