@@ -434,7 +434,14 @@ async fn server_lifecycle_capacity_audit_and_usage() {
     assert_eq!(list.as_array().unwrap().len(), 0, "PUT tags replaces them");
 
     // Reset reinstalls on the same machine: `resetting`, then powered-on with the same
-    // addresses and user-data.
+    // addresses and user-data. A slow BMC keeps the reset visibly in progress meanwhile.
+    let bmc_addr = r.bmc_of(&machine).await;
+    // (below the test registry's 300 ms BMC timeout)
+    let slow = bmc_power::sim::Faults {
+        delay_ms: 100,
+        ..Default::default()
+    };
+    assert!(r.sim.set_faults(&bmc_addr, slow));
     let (st, v) = bmc(
         &r,
         tok,
@@ -459,6 +466,8 @@ async fn server_lifecycle_capacity_audit_and_usage() {
         StatusCode::CONFLICT,
         "no power actions while resetting: {v}"
     );
+    r.sim
+        .set_faults(&bmc_addr, bmc_power::sim::Faults::default());
     let after = wait_server(&r, tok, &id, "powered-on").await;
     assert_eq!(after["publicIpAddresses"], s["publicIpAddresses"]);
     let resp = r
