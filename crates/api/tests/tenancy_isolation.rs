@@ -272,6 +272,18 @@ async fn server_lifecycle_capacity_audit_and_usage() {
     }
 
     // Create: 200 with status creating and both addresses at once (the demo SSHes to them).
+    // Slow BMCs keep the deployment in progress for the 409 check below.
+    let bmcs: Vec<String> =
+        futures::future::join_all(r.machine_ids().await.iter().map(|m| r.bmc_of(m))).await;
+    for b in &bmcs {
+        r.sim.set_faults(
+            b,
+            bmc_power::sim::Faults {
+                delay_ms: 100,
+                ..Default::default()
+            },
+        );
+    }
     let user_data = base64::Engine::encode(
         &base64::engine::general_purpose::STANDARD,
         "#!/bin/sh\necho tenant-script\n",
@@ -304,6 +316,9 @@ async fn server_lifecycle_capacity_audit_and_usage() {
     )
     .await;
     assert_eq!(st, StatusCode::CONFLICT, "power-off while creating: {v}");
+    for b in &bmcs {
+        r.sim.set_faults(b, bmc_power::sim::Faults::default());
+    }
 
     let up = wait_server(&r, tok, &id, "powered-on").await;
     assert_server_shape(&up);
