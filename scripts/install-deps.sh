@@ -29,6 +29,12 @@ declare -A PROBE=(
     [apache2-utils]=/usr/bin/htpasswd
     [pkg-config]=/usr/bin/pkg-config
     [libvirt-dev]=/usr/include/libvirt/libvirt.h
+    [libvirt-daemon-system]=/usr/sbin/libvirtd
+    [libvirt-clients]=/usr/bin/virsh
+    [libvirt-daemon-driver-qemu]=/usr/lib/x86_64-linux-gnu/libvirt/connection-driver/libvirt_driver_qemu.so
+    [binutils]=/usr/bin/strip
+    [gzip]=/usr/bin/gzip
+    [procps]=/usr/bin/pgrep
     [python3-venv]=/usr/lib/python3.11/ensurepip
     [curl]=/usr/bin/curl
 )

@@ -143,7 +143,11 @@ pub async fn start(
     } else {
         DhcpMode::Full
     };
-    dhcp.boot.ipxe_script_url = format!("http://{{server}}:{}/ipxe/{{mac}}", s.http_port);
+    // The arch lets the script pick the right local-boot method (sanboot on BIOS, exit on UEFI).
+    dhcp.boot.ipxe_script_url = format!(
+        "http://{{server}}:{}/ipxe/{{mac}}?arch={{arch}}",
+        s.http_port
+    );
     dhcp.boot.uefi_http_x64_url = format!("http://{{server}}:{}/images/ipxe.efi", s.http_port);
     let leases: Arc<dyn LeaseStore> = Arc::new(StoreLeases(engine.store().clone()));
     let (b, stop) = (backend.clone(), shutdown.clone());
@@ -163,6 +167,14 @@ pub async fn start(
         }
     }));
 
+    // UEFI HTTP boot fetches iPXE itself from /images/ipxe.efi.
+    std::fs::create_dir_all(&s.images_dir)
+        .with_context(|| format!("creating {}", s.images_dir.display()))?;
+    let (src, dst) = (s.tftp_root.join("ipxe.efi"), s.images_dir.join("ipxe.efi"));
+    if !dst.exists() && src.exists() {
+        std::fs::copy(&src, &dst)
+            .with_context(|| format!("copying {} to {}", src.display(), dst.display()))?;
+    }
     let mut http = pxe::http::HttpConfig::new(&s.images_dir);
     http.public_url = Some(format!("http://{server_ip}:{}", s.http_port));
     let router = pxe::http::router(backend, http).context("loading iPXE templates")?;

@@ -100,6 +100,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     println!(
         "Ingot region API: http://{local}/api/v1/ (OpenAPI at /api/v1/openapi.json, health at /healthz)"
     );
+    println!("MAAS 2.0 API:     http://{local}/MAAS/api/2.0/ (python-libmaas, MAAS CLI)");
     println!(
         "Get an API key:  ingot admin create-user --data-dir {} --username admin --admin",
         s.db.data_dir().display()
