@@ -2,7 +2,7 @@
 //! - [`sim`]: an in-process simulated BMC with fault injection (unreachable, slow, wrong password),
 //!   used by `ingot serve --sim-machines` and the tests;
 //! - [`ipmi`]: IPMI 2.0 RMCP+ (cipher suites 17 and 3) and IPMI 1.5 over UDP;
-//! - `redfish`: a thin Redfish client (planned in this crate).
+//! - [`redfish`]: a thin Redfish client (sans-IO request/response core over reqwest).
 //!
 //! The engine picks a driver with [`DriverFactory::driver_for`] from a machine's power type and
 //! parameters; nothing outside this crate knows a BMC protocol.
@@ -76,7 +76,9 @@ impl DriverFactory for Drivers {
     ) -> Result<Arc<dyn PowerDriver>, PowerError> {
         match power_type {
             PowerType::Sim => Ok(Arc::new(self.sim.driver(params)?)),
-            PowerType::Manual => Err(PowerError::Unsupported { operation: "manual power control" }),
+            PowerType::Manual => Err(PowerError::Unsupported {
+                operation: "manual power control",
+            }),
             PowerType::Ipmi => Ok(Arc::new(ipmi::IpmiDriver::from_parameters(params)?)),
             PowerType::Redfish => Ok(Arc::new(redfish::RedfishDriver::new(params)?)),
         }

@@ -21,7 +21,11 @@ pub struct ClientInfo {
 pub trait BootBackend: Send + Sync + 'static {
     /// What the machine with this MAC boots now. Unknown MACs get `BootPurpose::Enlist`.
     /// For ephemeral boots the decision carries a fresh one-time agent token.
-    async fn boot_decision(&self, mac: &str, client: &ClientInfo) -> Result<BootDecision, BackendError>;
+    async fn boot_decision(
+        &self,
+        mac: &str,
+        client: &ClientInfo,
+    ) -> Result<BootDecision, BackendError>;
 
     /// Records that a MAC asked to boot (discovery).
     async fn record_sighting(&self, sighting: Sighting) -> Result<(), BackendError>;
