@@ -6,12 +6,13 @@
 use ingot_types::inventory::{BootMode, Disk, Inventory, Nic, SystemInfo, normalize_mac};
 use std::path::{Path, PathBuf};
 
-/// Where the kernel's pseudo-filesystems are mounted: `/proc` and `/sys` on a live system, or
-/// a fixture tree in tests.
+/// Where the kernel's filesystems are mounted: `/proc`, `/sys` and `/dev` on a live system,
+/// or a fixture tree in tests (where `dev/<disk>` are plain files).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Roots {
     pub proc: PathBuf,
     pub sys: PathBuf,
+    pub dev: PathBuf,
 }
 
 impl Roots {
@@ -19,14 +20,16 @@ impl Roots {
         Roots {
             proc: "/proc".into(),
             sys: "/sys".into(),
+            dev: "/dev".into(),
         }
     }
 
-    /// `dir/proc` and `dir/sys`, the layout of the fixture trees.
+    /// `dir/proc`, `dir/sys` and `dir/dev`, the layout of the fixture trees.
     pub fn under(dir: &Path) -> Self {
         Roots {
             proc: dir.join("proc"),
             sys: dir.join("sys"),
+            dev: dir.join("dev"),
         }
     }
 }

@@ -4,8 +4,8 @@
 //! ingot-agent [--power-off] [--cmdline "<kernel command line>"] [--root DIR]
 //! ```
 //! `--power-off` powers the machine off when the agent is done, succeeded or not (only ever
-//! passed by /init). `--cmdline` replaces /proc/cmdline and `--root` reads `DIR/proc` and
-//! `DIR/sys` instead of the live ones (both for tests).
+//! passed by /init). `--cmdline` replaces /proc/cmdline and `--root` uses `DIR/proc`,
+//! `DIR/sys` and `DIR/dev` instead of the live ones (both for tests).
 
 use ingot_agent::client::error_chain;
 use ingot_agent::run::Console;
@@ -120,6 +120,7 @@ fn agent(args: &Args, console: &Console) -> bool {
                 .unwrap_or_else(|| "?".into());
             let what = match outcome.done {
                 Done::Commissioned => "commissioned",
+                Done::Erased => "disks erased",
                 Done::NothingToDo => "nothing to do",
             };
             let enlisted = if outcome.enlisted { "enlisted, " } else { "" };

@@ -4,6 +4,7 @@
 
 use crate::client::{AgentClient, AgentError, RetryPolicy, error_chain};
 use crate::config::BootConfig;
+use crate::erase::{EraseDiskError, quick_erase};
 use crate::inventory::{CollectInventoryError, Roots, collect, default_route_interface};
 use ingot_types::MachineId;
 use ingot_types::agent::{EnlistRequest, Instructions, Report};
@@ -26,6 +27,8 @@ pub struct Outcome {
 pub enum Done {
     /// Inventory reported; the region moved the machine on (Ready).
     Commissioned,
+    /// Disks quick-erased and reported; the region released the machine.
+    Erased,
     /// The region had nothing for this machine.
     NothingToDo,
 }
@@ -62,6 +65,8 @@ pub enum RunAgentError {
         #[source]
         source: AgentError,
     },
+    #[error("erasing the disks failed")]
+    Erase(#[from] EraseDiskError),
     #[error("the region asked this machine to {0}, which this agent cannot do yet")]
     Unsupported(&'static str),
 }
@@ -209,7 +214,38 @@ where
             Done::NothingToDo
         }
         Instructions::Deploy { .. } => return Err(RunAgentError::Unsupported("deploy")),
-        Instructions::Erase { .. } => return Err(RunAgentError::Unsupported("erase its disks")),
+        Instructions::Erase {
+            machine_id: id,
+            quick: true,
+        } => {
+            console(&format!(
+                "quick-erasing {} disks of machine {id}",
+                inventory.disks.len()
+            ));
+            client
+                .report(&Report::Progress {
+                    message: format!("quick-erasing {} disks", inventory.disks.len()),
+                })
+                .await
+                .map_err(step_error("report progress"))?;
+            let erased = quick_erase(&roots.dev, &inventory.disks)?;
+            let names: Vec<String> = erased.iter().map(|p| p.display().to_string()).collect();
+            console(&format!("erased the start and end of {}", names.join(", ")));
+            let ack = client
+                .report(&Report::Erased)
+                .await
+                .map_err(step_error("report the erase"))?;
+            console(&format!(
+                "erase reported; machine is now {}",
+                ack.status_name
+            ));
+            machine_id = Some(id);
+            Done::Erased
+        }
+        // Zeroing whole disks takes hours and needs progress reporting; not done yet.
+        Instructions::Erase { quick: false, .. } => {
+            return Err(RunAgentError::Unsupported("erase its disks fully"));
+        }
     };
     Ok(Outcome {
         machine_id,

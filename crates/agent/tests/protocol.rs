@@ -297,3 +297,68 @@ fn a_command_line_without_ingot_keys_fails_clearly() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn quick_erase_zeroes_the_ends_of_each_disk_and_reports_erased() {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let fixture = fixture("qemu-bios-virtio");
+    let dev = tempfile::tempdir().unwrap();
+    let roots = Roots {
+        proc: fixture.join("proc"),
+        sys: fixture.join("sys"),
+        dev: dev.path().into(),
+    };
+    // vda is 8 GiB in the fixture: a sparse file stands in for the device node.
+    let size: u64 = 8 << 30;
+    let path = dev.path().join("vda");
+    let mut f = std::fs::File::create(&path).unwrap();
+    f.set_len(size).unwrap();
+    for at in [0, size / 2, size - 4096] {
+        f.seek(SeekFrom::Start(at)).unwrap();
+        f.write_all(&[0xA5; 4096]).unwrap();
+    }
+    drop(f);
+    let (url, stub) = stub(vec![(
+        StatusCode::OK,
+        r#"{"action":"erase","machine_id":"abc123","quick":true}"#,
+    )])
+    .await;
+    let cfg = BootConfig::from_cmdline(&format!(
+        "ingot.url={url} ingot.token=t ingot.purpose=commission"
+    ))
+    .unwrap();
+    let outcome = run(&cfg, &roots, FAST, console().0).await.unwrap();
+    assert_eq!(outcome.done, Done::Erased);
+    let events: Vec<_> = stub
+        .reports
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| r["event"].clone())
+        .collect();
+    assert_eq!(events, ["progress", "erased"]);
+    let mut f = std::fs::File::open(&path).unwrap();
+    assert_eq!(f.metadata().unwrap().len(), size);
+    for (at, want) in [(0, 0u8), (size / 2, 0xA5), (size - 4096, 0)] {
+        let mut buf = [1u8; 4096];
+        f.seek(SeekFrom::Start(at)).unwrap();
+        f.read_exact(&mut buf).unwrap();
+        assert!(buf.iter().all(|b| *b == want), "at {at}: want {want:#x}");
+    }
+}
+
+#[tokio::test]
+async fn a_full_erase_is_refused_and_reported_as_failed() {
+    let roots = Roots::under(&fixture("qemu-bios-virtio"));
+    let (url, stub) = stub(vec![(
+        StatusCode::OK,
+        r#"{"action":"erase","machine_id":"abc123","quick":false}"#,
+    )])
+    .await;
+    let cfg = BootConfig::from_cmdline(&format!("ingot.url={url} ingot.token=t")).unwrap();
+    let err = run(&cfg, &roots, FAST, console().0).await.unwrap_err();
+    assert!(matches!(err, RunAgentError::Unsupported(_)), "{err:?}");
+    let reports = stub.reports.lock().unwrap().clone();
+    assert_eq!(reports.len(), 1);
+    assert_eq!(reports[0]["event"], "failed");
+}

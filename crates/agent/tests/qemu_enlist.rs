@@ -4,7 +4,9 @@
 //! maps the guest's 10.0.2.2 to the host's loopback, so all traffic stays on this machine.
 //!
 //! A VM with 2 vCPUs, 1 GiB and an 8 GiB virtio disk enlists (New, with exactly its MAC, CPU
-//! count, memory and disk), then commissions to Ready. Serial logs are kept when it fails (and with `INGOT_KEEP_VM_LOGS=1`).
+//! count, memory and disk), commissions to Ready, and is released with a quick erase (the
+//! ends of its disk zeroed) back to Ready. A UEFI VM facing an unreachable region says so and
+//! powers off. Serial logs are kept when a test fails (and with `INGOT_KEEP_VM_LOGS=1`).
 //!
 //! Needs qemu-system-x86, qemu-utils, kmod, cpio and the apt mirror (first build only). When
 //! they are missing the test fails under `CI` or `INGOT_REQUIRE_LAB`, and otherwise says so
@@ -13,6 +15,7 @@
 mod common;
 
 use ingot_engine::Actor;
+use ingot_store::AllocationConstraints;
 use ingot_types::boot::BootPurpose;
 use ingot_types::lifecycle::NodeStatus;
 use ingot_types::machine::Machine;
@@ -157,6 +160,20 @@ fn prerequisites(firmware: Firmware) -> Option<Image> {
         }
         Err(why) => panic!("{why}"),
     }
+}
+
+/// Runs a `qemu-io` command on the (stopped) VM's disk; `read -P` verifies a pattern.
+fn qemu_io(disk: &Path, command: &str) {
+    let out = Command::new("qemu-io")
+        .args(["-c", command])
+        .arg(disk)
+        .output()
+        .expect("qemu-io (qemu-utils)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && !text.contains("failed"),
+        "qemu-io {command}: {text}"
+    );
 }
 
 fn create_disk(logs: &Logs) -> PathBuf {
@@ -317,7 +334,7 @@ fn init_uptime(serial: &str) -> Option<f64> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_qemu_vm_enlists_then_commissions_to_ready() {
+async fn a_qemu_vm_enlists_commissions_and_is_released_with_erase() {
     let _one = ONE_VM_AT_A_TIME.lock().await;
     let Some(image) = prerequisites(Firmware::Bios) else {
         return;
@@ -414,6 +431,58 @@ async fn a_qemu_vm_enlists_then_commissions_to_ready() {
         ready_after.as_secs_f64(),
         commission_off_after.as_secs_f64(),
         init_uptime(&serial)
+    );
+
+    // --- release with quick erase: Ready -> Allocated -> Disk erasing -> Ready -------------
+    // Data at both ends (where partition tables live) and in the middle of the disk.
+    let mib = 1u64 << 20;
+    for at in [0, DISK_BYTES / 2, DISK_BYTES - mib] {
+        qemu_io(&disk, &format!("write -P 0xa5 {at} 1M"));
+    }
+    let tenant = store.create_user("tenant", false).await.unwrap();
+    let actor = Actor::user(&tenant);
+    let want = AllocationConstraints {
+        system_id: Some(m.id.to_string()),
+        ..Default::default()
+    };
+    region.engine.allocate(&actor, &want).await.unwrap();
+    let releasing = region.engine.release(&actor, &m.id, true).await.unwrap();
+    assert_eq!(releasing.status, NodeStatus::DiskErasing);
+    let decision = region.engine.boot_decision(MAC).await.unwrap();
+    // The iPXE template names the ephemeral purpose "commission" for erasing too.
+    assert_eq!(decision.purpose, BootPurpose::Commission);
+    let line = cmdline(
+        &decision.region_url,
+        decision.boot_token.as_deref().unwrap(),
+        "commission",
+    );
+    let mut vm = power_on(&image, &logs, &disk, "erase", &line, Firmware::Bios);
+    let erased_after = loop {
+        let now = store.machine(&m.id).await.unwrap();
+        match now.status {
+            NodeStatus::Ready => break vm.started.elapsed(),
+            NodeStatus::DiskErasing => {}
+            other => panic!("erasing ended in {other:?}: {}", now.status_message),
+        }
+        assert!(
+            vm.started.elapsed() < BOOT_TIMEOUT,
+            "not Ready within {BOOT_TIMEOUT:?}"
+        );
+        if let Some(status) = vm.child.try_wait().unwrap() {
+            panic!("VM powered off ({status}) before the erase was reported");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    vm.powered_off().await;
+    drop(vm);
+    let m = store.machine(&m.id).await.unwrap();
+    assert_eq!((m.status, m.owner), (NodeStatus::Ready, None), "released");
+    qemu_io(&disk, "read -P 0 0 1M");
+    qemu_io(&disk, &format!("read -P 0 {} 1M", DISK_BYTES - mib));
+    qemu_io(&disk, &format!("read -P 0xa5 {} 1M", DISK_BYTES / 2));
+    eprintln!(
+        "BENCH release with quick erase: power-on -> Ready {:.1} s",
+        erased_after.as_secs_f64()
     );
 }
 
