@@ -52,13 +52,16 @@ async fn auth_is_required_everywhere_but_healthz() {
     assert_eq!(st, StatusCode::UNAUTHORIZED);
 }
 
+/// (method, path, body, expected status, field named in the error)
+type Case<'a> = (Method, String, Option<&'a str>, StatusCode, Option<&'a str>);
+
 #[tokio::test]
 async fn bad_input_names_the_field_and_changes_nothing() {
     let r = region(Options::default()).await.unwrap();
     let k = r.admin_key.clone();
     let id = r.machine_ids().await[0].clone();
     let before = r.get("/api/v1/machines").await;
-    let cases: &[(Method, String, Option<&str>, StatusCode, Option<&str>)] = &[
+    let cases: &[Case] = &[
         (
             Method::POST,
             "/api/v1/machines".into(),
