@@ -1170,3 +1170,58 @@ async fn ssh_keys_quotas_and_tags() {
     .await;
     assert_eq!((st, v["sshKeyId"].as_str()), (StatusCode::OK, Some(id)));
 }
+
+/// A claim is all or nothing: a 3-node cluster on 2 machines takes no slot, machine or address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_that_cannot_be_met_takes_nothing() {
+    let r = cloud(2, false).await.unwrap();
+    let t = tenant(&r, "greedy", 10).await;
+    let body = json!({"nodes": 3, "type": "d0.t1.tiny", "location": "PHX"});
+    let (st, v) = bmc(&r, &t.token, Method::POST, "/bmc/v1/clusters", Some(body)).await;
+    assert_eq!(st, StatusCode::NOT_ACCEPTABLE, "{v}");
+    let (_, q) = bmc(&r, &t.token, Method::GET, "/bmc/v1/quotas", None).await;
+    assert_eq!(q[0]["used"], 0);
+    assert_eq!(
+        bmc(&r, &t.token, Method::GET, "/bmc/v1/servers", None)
+            .await
+            .1,
+        json!([])
+    );
+    assert_eq!(
+        bmc(&r, &t.token, Method::GET, "/bmc/v1/clusters", None)
+            .await
+            .1,
+        json!([])
+    );
+    for m in r.get("/api/v1/machines").await.as_array().unwrap() {
+        assert_eq!(
+            (m["status_name"].as_str(), &m["owner"]),
+            (Some("Ready"), &json!(null)),
+            "{m}"
+        );
+    }
+    // Quota below the request: 403, and again nothing taken.
+    let (st, _) = r
+        .call(
+            Some(&r.admin_key),
+            Method::PUT,
+            "/api/v1/accounts/greedy/quota",
+            Some(r#"{"max_servers": 1}"#),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    let body = json!({"nodes": 2, "type": "d0.t1.tiny", "location": "PHX"});
+    let (st, v) = bmc(&r, &t.token, Method::POST, "/bmc/v1/clusters", Some(body)).await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("quota"), "{v}");
+    // The two machines are still there for a fitting request.
+    let (st, v) = bmc(
+        &r,
+        &t.token,
+        Method::POST,
+        "/bmc/v1/servers",
+        Some(server_body("fits")),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+}

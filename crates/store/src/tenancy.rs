@@ -11,6 +11,7 @@
 use crate::crypto::{random_token, sha256_hex};
 use crate::{Store, StoreError, User, ms_to_time, now_ms, unique_violation};
 use chrono::{DateTime, Utc};
+use ingot_types::lifecycle::NodeStatus;
 use ingot_types::{MachineId, UserId};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -109,11 +110,10 @@ pub struct Server {
     pub public_ips: Vec<String>,
 }
 
-/// What creating a server record takes; addresses are chosen by the store.
+/// What creating a server takes; the machine and the addresses are chosen by the store.
 #[derive(Debug, Clone)]
 pub struct NewServer {
     pub account_id: i64,
-    pub machine_id: MachineId,
     pub hostname: String,
     pub description: Option<String>,
     pub os: String,
@@ -126,6 +126,27 @@ pub struct NewServer {
     pub created_by: String,
     /// Whether to assign a public address besides the private one.
     pub public_ip: bool,
+}
+
+/// Why [`Store::claim_servers`] took nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ClaimServersError {
+    #[error(
+        "quota bmc.servers.max_count exceeded: {used} of {max} servers in use, {requested} more requested"
+    )]
+    QuotaExceeded { used: i64, max: i64, requested: i64 },
+    #[error("not enough machines of this type are available")]
+    NoCapacity,
+    #[error("no free address left in {0}")]
+    NoAddress(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<sqlx::Error> for ClaimServersError {
+    fn from(e: sqlx::Error) -> Self {
+        ClaimServersError::Store(StoreError::Database(e))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -474,30 +495,6 @@ impl Store {
         self.account(account).await
     }
 
-    /// Takes `n` server slots from the account's quota, all or none. False when the quota
-    /// would be exceeded.
-    pub async fn reserve_server_slots(&self, account: i64, n: i64) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "UPDATE accounts SET servers_used = servers_used + $1 \
-             WHERE id = $2 AND servers_used + $1 <= max_servers",
-        )
-        .bind(n)
-        .bind(account)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    /// Gives back slots taken by [`Store::reserve_server_slots`] for servers never created.
-    pub async fn release_server_slots(&self, account: i64, n: i64) -> Result<(), StoreError> {
-        sqlx::query("UPDATE accounts SET servers_used = servers_used - $1 WHERE id = $2 AND servers_used >= $1")
-            .bind(n)
-            .bind(account)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
     pub async fn request_quota_edit(
         &self,
         account: i64,
@@ -768,91 +765,215 @@ impl Store {
 
     // ---- servers ---------------------------------------------------------------------------
 
-    /// Records a server for an allocated machine and assigns its addresses, in one
-    /// transaction. A racing assignment of the same address makes it retry with another.
-    pub async fn create_server(&self, new: &NewServer) -> Result<Server, StoreError> {
-        let loc = self
-            .location(&new.location)
+    /// Machines that could serve a server type in a zone right now: Ready, in the zone, with
+    /// the type's tag and at least its CPUs and memory. Ordered by id.
+    pub async fn sellable_machines(
+        &self,
+        zone: &str,
+        t: &ServerType,
+    ) -> Result<Vec<MachineId>, StoreError> {
+        let filter = crate::MachineFilter {
+            statuses: vec![NodeStatus::Ready],
+            zone: Some(zone.to_owned()),
+            tags: t.machine_tag.iter().cloned().collect(),
+            ..Default::default()
+        };
+        let mut ids: Vec<MachineId> = self
+            .list_machines(&filter)
             .await?
-            .ok_or_else(|| not_found("location", &new.location))?;
-        let tags =
-            serde_json::to_string(&new.tags).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        for _attempt in 0..16 {
-            let id = random_object_id();
+            .into_iter()
+            .filter(|m| m.cpu_count >= t.min_cpu_count && m.memory_mib >= t.min_memory_mib)
+            .map(|m| m.id)
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Creates servers all or nothing, in one transaction: takes their quota slots
+    /// (compare-and-set against `max_servers`), allocates one Ready machine from `candidates`
+    /// to each (compare-and-set on the machine's status, owner `owner`, with its event),
+    /// records them and assigns their addresses. A crash at any point leaves nothing taken.
+    ///
+    /// Machines are tried in id order, so racing transactions lock them in the same order
+    /// and cannot deadlock; a racing address assignment makes the whole claim retry.
+    pub async fn claim_servers(
+        &self,
+        owner: UserId,
+        actor: &str,
+        candidates: &[MachineId],
+        requests: &[NewServer],
+    ) -> Result<Vec<Server>, ClaimServersError> {
+        let Some(first) = requests.first() else {
+            return Ok(Vec::new());
+        };
+        let (account, location) = (first.account_id, first.location.clone());
+        if requests
+            .iter()
+            .any(|r| r.account_id != account || r.location != location)
+        {
+            return Err(
+                StoreError::Corrupt("one claim is for one account and location".into()).into(),
+            );
+        }
+        let loc = self
+            .location(&location)
+            .await?
+            .ok_or_else(|| not_found("location", &location))?;
+        let n = i64::try_from(requests.len()).unwrap_or(i64::MAX);
+        let mut candidates = candidates.to_vec();
+        candidates.sort();
+        'attempt: for _attempt in 0..16 {
             let now = now_ms();
             let mut tx = self.pool.begin().await?;
-            // The insert comes first so that SQLite takes its write lock before the reads below.
-            sqlx::query(
-                "INSERT INTO servers (id, account_id, machine_id, hostname, description, os, server_type, \
-                 location, pricing_model, network_type, tags, cluster_id, created_by, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+            // 1. Quota. This write also takes SQLite's write lock and PostgreSQL's row lock on
+            // the account, so the rest of the claim is serialised per account.
+            let ok = sqlx::query(
+                "UPDATE accounts SET servers_used = servers_used + $1 \
+                 WHERE id = $2 AND servers_used + $1 <= max_servers",
             )
-            .bind(&id)
-            .bind(new.account_id)
-            .bind(new.machine_id.as_str())
-            .bind(&new.hostname)
-            .bind(new.description.clone())
-            .bind(&new.os)
-            .bind(&new.server_type)
-            .bind(&new.location)
-            .bind(&new.pricing_model)
-            .bind(&new.network_type)
-            .bind(&tags)
-            .bind(new.cluster_id.clone())
-            .bind(&new.created_by)
-            .bind(now)
+            .bind(n)
+            .bind(account)
             .execute(&mut *tx)
-            .await
-            .map_err(|e| unique_violation(e, "server", "machine", new.machine_id.as_str()))?;
-            let mut kinds = vec![("private", loc.private_cidr.as_str())];
-            if new.public_ip {
-                kinds.push(("public", loc.public_cidr.as_str()));
+            .await?
+            .rows_affected()
+                == 1;
+            if !ok {
+                tx.rollback().await?;
+                let a = self.account(account).await?;
+                return Err(ClaimServersError::QuotaExceeded {
+                    used: a.servers_used,
+                    max: a.max_servers,
+                    requested: n,
+                });
             }
-            let mut raced = false;
-            for (kind, cidr) in kinds {
-                let used: std::collections::HashSet<String> =
-                    sqlx::query("SELECT ip FROM ip_assignments WHERE location = $1")
-                        .bind(&new.location)
-                        .fetch_all(&mut *tx)
-                        .await?
-                        .iter()
-                        .map(|r| r.try_get("ip"))
-                        .collect::<Result<_, _>>()?;
-                let hosts = host_addresses(cidr).ok_or_else(|| {
-                    StoreError::Corrupt(format!("location {} cidr {cidr:?}", loc.code))
-                })?;
-                let Some(ip) = hosts.map(|a| a.to_string()).find(|a| !used.contains(a)) else {
+            // 2. Machines.
+            let mut machines: Vec<MachineId> = Vec::new();
+            let mut next = 0;
+            for _ in requests {
+                let mut got = None;
+                while next < candidates.len() {
+                    let m = &candidates[next];
+                    next += 1;
+                    let taken = sqlx::query(
+                        "UPDATE machines SET status = $1, status_message = 'allocated', owner_id = $2, \
+                         updated_at = $3 WHERE id = $4 AND status = $5",
+                    )
+                    .bind(i64::from(NodeStatus::Allocated.code()))
+                    .bind(owner.0)
+                    .bind(now)
+                    .bind(m.as_str())
+                    .bind(i64::from(NodeStatus::Ready.code()))
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
+                        == 1;
+                    if taken {
+                        got = Some(m.clone());
+                        break;
+                    }
+                }
+                let Some(m) = got else {
                     tx.rollback().await?;
-                    return Err(StoreError::NoMatch);
+                    return Err(ClaimServersError::NoCapacity);
                 };
-                let ins = sqlx::query("INSERT INTO ip_assignments (location, ip, kind, server_id) VALUES ($1, $2, $3, $4)")
-                    .bind(&new.location)
+                sqlx::query(
+                    "INSERT INTO events (machine_id, at, actor, kind, from_status, to_status, message) \
+                     VALUES ($1, $2, $3, 'transition', $4, $5, 'allocated')",
+                )
+                .bind(m.as_str())
+                .bind(now)
+                .bind(actor)
+                .bind(i64::from(NodeStatus::Ready.code()))
+                .bind(i64::from(NodeStatus::Allocated.code()))
+                .execute(&mut *tx)
+                .await?;
+                machines.push(m);
+            }
+            // 3. Records and addresses.
+            let mut ids = Vec::new();
+            for (i, (req, machine)) in requests.iter().zip(&machines).enumerate() {
+                let id = random_object_id();
+                // One millisecond apart, so listings keep the request order.
+                let created_at = now + i64::try_from(i).unwrap_or(0);
+                let tags = serde_json::to_string(&req.tags)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                sqlx::query(
+                    "INSERT INTO servers (id, account_id, machine_id, hostname, description, os, server_type, \
+                     location, pricing_model, network_type, tags, cluster_id, created_by, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+                )
+                .bind(&id)
+                .bind(account)
+                .bind(machine.as_str())
+                .bind(&req.hostname)
+                .bind(req.description.clone())
+                .bind(&req.os)
+                .bind(&req.server_type)
+                .bind(&req.location)
+                .bind(&req.pricing_model)
+                .bind(&req.network_type)
+                .bind(&tags)
+                .bind(req.cluster_id.clone())
+                .bind(&req.created_by)
+                .bind(created_at)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| unique_violation(e, "server", "machine", machine.as_str()))?;
+                let mut kinds = vec![("private", loc.private_cidr.as_str())];
+                if req.public_ip {
+                    kinds.push(("public", loc.public_cidr.as_str()));
+                }
+                for (kind, cidr) in kinds {
+                    let used: std::collections::HashSet<String> =
+                        sqlx::query("SELECT ip FROM ip_assignments WHERE location = $1")
+                            .bind(&location)
+                            .fetch_all(&mut *tx)
+                            .await?
+                            .iter()
+                            .map(|r| r.try_get("ip"))
+                            .collect::<Result<_, _>>()?;
+                    let hosts = host_addresses(cidr).ok_or_else(|| {
+                        StoreError::Corrupt(format!("location {} cidr {cidr:?}", loc.code))
+                    })?;
+                    let Some(ip) = hosts.map(|a| a.to_string()).find(|a| !used.contains(a)) else {
+                        tx.rollback().await?;
+                        return Err(ClaimServersError::NoAddress(location));
+                    };
+                    let ins = sqlx::query(
+                        "INSERT INTO ip_assignments (location, ip, kind, server_id) VALUES ($1, $2, $3, $4)",
+                    )
+                    .bind(&location)
                     .bind(&ip)
                     .bind(kind)
                     .bind(&id)
                     .execute(&mut *tx)
                     .await;
-                match ins {
-                    Ok(_) => {}
-                    Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
-                        raced = true;
-                        break;
+                    match ins {
+                        Ok(_) => {}
+                        // Another location sharing the range, or another account's claim in this
+                        // location, took it first: start over.
+                        Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+                            tx.rollback().await?;
+                            continue 'attempt;
+                        }
+                        Err(e) => return Err(StoreError::from(e).into()),
                     }
-                    Err(e) => return Err(e.into()),
                 }
-            }
-            if raced {
-                tx.rollback().await?;
-                continue;
+                ids.push(id);
             }
             tx.commit().await?;
-            return self.server_any(&id).await;
+            let mut out = Vec::new();
+            for id in &ids {
+                out.push(self.server_any(id).await?);
+            }
+            return Ok(out);
         }
         Err(StoreError::Conflict {
             kind: "server",
             field: "ip",
             value: "contended".into(),
-        })
+        }
+        .into())
     }
 
     async fn attach_ips(&self, servers: &mut [Server]) -> Result<(), StoreError> {

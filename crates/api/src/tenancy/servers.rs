@@ -1,10 +1,10 @@
 //! `/bmc/v1/servers` and `/bmc/v1/clusters`: a server is one deployment of one machine,
 //! owned by the account's owner identity, with addresses from its location's ranges.
 //!
-//! Create is: take a quota slot (compare-and-set) → allocate a Ready machine of the type in
-//! the location's zone → record the server and its addresses (one transaction) → render
-//! cloud-init → deploy. A failing step undoes the earlier ones, so nothing is left
-//! half-created: no slot, address or machine stays taken.
+//! Create is: claim (one store transaction: quota slot by compare-and-set, a Ready machine of
+//! the type in the location's zone by compare-and-set, the record, its addresses) → render
+//! cloud-init → deploy. The claim is all or nothing; a failed deploy deletes the record and
+//! releases the machine, so no slot, address or machine stays taken.
 
 use super::cloudinit::{self, ClusterRole, Microk8sNode, OsImage, UserDataInput};
 use super::{PnapError, Tenant, store_err};
@@ -18,8 +18,8 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use ingot_engine::{DeployOptions, EngineError};
 use ingot_store::{
-    AllocationConstraints, Cluster, Location, NewServer, Server, ServerTag, ServerType, Store,
-    StoreError,
+    AllocationConstraints, ClaimServersError, Cluster, Location, NewServer, Server, ServerTag,
+    ServerType, Store, StoreError,
 };
 use ingot_types::lifecycle::{IllegalTransition, NodeStatus, Trigger};
 use ingot_types::machine::Machine;
@@ -536,82 +536,53 @@ async fn plan_create(store: &Store, t: &Tenant, req: ServerCreate) -> Result<Pla
     })
 }
 
-/// What a create has taken so far, to give back if a later step fails.
-#[derive(Default)]
-struct Taken {
-    /// Quota slots not yet turned into server records.
-    slots: i64,
-    machines: Vec<ingot_types::MachineId>,
-    servers: Vec<String>,
-}
-
-impl Taken {
-    async fn undo(self, s: &AppState, t: &Tenant) {
-        let store = s.engine.store();
-        for id in &self.servers {
-            if let Err(e) = store.delete_server(t.account.id, id).await {
-                tracing::error!(server = %id, error = %e, "rollback: server record not removed");
-            }
+/// Servers claimed by a create whose deployment then failed: their records go and their
+/// machines are released (the claim itself is all or nothing in the store).
+async fn undo_claim(s: &AppState, t: &Tenant, servers: &[Server]) {
+    let store = s.engine.store();
+    for srv in servers {
+        if let Err(e) = store.delete_server(t.account.id, &srv.id).await {
+            tracing::error!(server = %srv.id, error = %e, "rollback: server record not removed");
         }
-        for m in &self.machines {
-            if let Err(e) = s.engine.release(&t.actor(), m, false).await {
-                tracing::error!(machine = %m, error = %e, "rollback: machine not released");
-            }
-        }
-        if self.slots > 0
-            && let Err(e) = store.release_server_slots(t.account.id, self.slots).await
-        {
-            tracing::error!(error = %e, "rollback: quota slots not returned");
+        if let Err(e) = s.engine.release(&t.actor(), &srv.machine_id, false).await {
+            tracing::error!(machine = %srv.machine_id, error = %e, "rollback: machine not released");
         }
     }
 }
 
-async fn take_slots(store: &Store, t: &Tenant, n: i64) -> Result<()> {
-    if store.reserve_server_slots(t.account.id, n).await? {
-        return Ok(());
-    }
-    let a = store.account(t.account.id).await?;
-    Err(ApiError::QuotaExceeded(format!(
-        "quota bmc.servers.max_count exceeded: {} of {} servers in use, {n} more requested",
-        a.servers_used, a.max_servers
-    ))
-    .into())
-}
-
-async fn take_machine(
+/// Claims servers for the plan: quota, machines, records and addresses in one step.
+async fn claim(
     s: &AppState,
     t: &Tenant,
-    st: &ServerType,
-    loc: &Location,
-) -> Result<Machine> {
-    let c = AllocationConstraints {
-        min_cpu_count: Some(st.min_cpu_count).filter(|n| *n > 0),
-        min_memory_mib: Some(st.min_memory_mib).filter(|n| *n > 0),
-        tags: st.machine_tag.iter().cloned().collect(),
-        zone: Some(loc.zone.clone()),
-        ..Default::default()
-    };
-    match s.engine.allocate(&t.actor(), &c).await {
-        Ok(m) => Ok(m),
-        Err(EngineError::NoMatch) => Err(ApiError::NoCapacity(format!(
-            "no server of type {} is available in {} right now",
-            st.name, loc.code
+    plan: &Plan,
+    requests: &[NewServer],
+) -> Result<Vec<Server>> {
+    let store = s.engine.store();
+    let candidates = store
+        .sellable_machines(&plan.location.zone, &plan.server_type)
+        .await?;
+    let actor = t.actor().name;
+    match store
+        .claim_servers(t.account.owner, &actor, &candidates, requests)
+        .await
+    {
+        Ok(v) => Ok(v),
+        Err(e @ ClaimServersError::QuotaExceeded { .. }) => {
+            Err(ApiError::QuotaExceeded(e.to_string()).into())
+        }
+        Err(ClaimServersError::NoCapacity) => Err(ApiError::NoCapacity(format!(
+            "not enough servers of type {} are available in {} right now",
+            plan.server_type.name, plan.location.code
         ))
         .into()),
-        Err(e) => Err(e.into()),
+        Err(e @ ClaimServersError::NoAddress(_)) => Err(ApiError::NoCapacity(e.to_string()).into()),
+        Err(ClaimServersError::Store(e)) => Err(e.into()),
     }
 }
 
-fn new_server(
-    t: &Tenant,
-    plan: &Plan,
-    machine: &Machine,
-    hostname: &str,
-    cluster_id: Option<&str>,
-) -> NewServer {
+fn new_server(t: &Tenant, plan: &Plan, hostname: &str, cluster_id: Option<&str>) -> NewServer {
     NewServer {
         account_id: t.account.id,
-        machine_id: machine.id.clone(),
         hostname: hostname.to_owned(),
         description: plan.description.clone(),
         os: plan.os.id.to_owned(),
@@ -661,41 +632,21 @@ pub async fn create(State(s): State<AppState>, t: Tenant, body: Bytes) -> Result
     let store = s.engine.store();
     let req: ServerCreate = parse_json(&body)?;
     let plan = plan_create(store, &t, req).await?;
-    take_slots(store, &t, 1).await?;
-    let mut taken = Taken {
-        slots: 1,
-        ..Default::default()
-    };
-    let result = async {
-        let machine = take_machine(&s, &t, &plan.server_type, &plan.location).await?;
-        taken.machines.push(machine.id.clone());
-        let srv = store
-            .create_server(&new_server(&t, &plan, &machine, &plan.hostname, None))
-            .await
-            .map_err(|e| match e {
-                StoreError::NoMatch => PnapError(ApiError::NoCapacity(format!(
-                    "no free address left in {}",
-                    plan.location.code
-                ))),
-                e => e.into(),
-            })?;
-        taken.slots = 0;
-        taken.servers.push(srv.id.clone());
-        deploy(&s, &t, &plan, &srv, None).await?;
-        Ok::<_, PnapError>(srv)
+    let mut claimed = claim(
+        &s,
+        &t,
+        &plan,
+        &[new_server(&t, &plan, &plan.hostname, None)],
+    )
+    .await?;
+    let srv = claimed.remove(0);
+    if let Err(e) = deploy(&s, &t, &plan, &srv, None).await {
+        undo_claim(&s, &t, std::slice::from_ref(&srv)).await;
+        return Err(e);
     }
-    .await;
-    match result {
-        Ok(srv) => {
-            t.audit(store, "API.CreateServer", &format!("server/{}", srv.id))
-                .await;
-            Ok(Json(render(store, &srv).await?))
-        }
-        Err(e) => {
-            taken.undo(&s, &t).await;
-            Err(e)
-        }
-    }
+    t.audit(store, "API.CreateServer", &format!("server/{}", srv.id))
+        .await;
+    Ok(Json(render(store, &srv).await?))
 }
 
 // ---- delete and actions ------------------------------------------------------------------
@@ -1073,41 +1024,12 @@ pub async fn create_cluster(
         tags: None,
     };
     let plan = plan_create(store, &t, create).await?;
-    take_slots(store, &t, req.nodes).await?;
-    let mut taken = Taken {
-        slots: req.nodes,
-        ..Default::default()
-    };
+    let requests: Vec<NewServer> = (1..=req.nodes)
+        .map(|i| new_server(&t, &plan, &format!("{name}-{i}"), Some(&cluster_id)))
+        .collect();
+    let servers = claim(&s, &t, &plan, &requests).await?;
     let token = random_join_token();
     let result = async {
-        let mut machines = Vec::new();
-        for _ in 0..req.nodes {
-            let m = take_machine(&s, &t, &plan.server_type, &plan.location).await?;
-            taken.machines.push(m.id.clone());
-            machines.push(m);
-        }
-        let mut servers = Vec::new();
-        for (i, m) in machines.iter().enumerate() {
-            let srv = store
-                .create_server(&new_server(
-                    &t,
-                    &plan,
-                    m,
-                    &format!("{name}-{}", i + 1),
-                    Some(&cluster_id),
-                ))
-                .await
-                .map_err(|e| match e {
-                    StoreError::NoMatch => PnapError(ApiError::NoCapacity(format!(
-                        "no free address left in {}",
-                        plan.location.code
-                    ))),
-                    e => e.into(),
-                })?;
-            taken.slots -= 1;
-            taken.servers.push(srv.id.clone());
-            servers.push(srv);
-        }
         let cp = &servers[0];
         let cp_addr = cp.private_ips.first().cloned().ok_or(ApiError::Internal)?;
         let cluster = Cluster {
@@ -1152,7 +1074,7 @@ pub async fn create_cluster(
         }
         Err(e) => {
             let _ = store.delete_cluster(t.account.id, &cluster_id).await;
-            taken.undo(&s, &t).await;
+            undo_claim(&s, &t, &servers).await;
             Err(e)
         }
     }
