@@ -448,6 +448,15 @@ async fn server_lifecycle_capacity_audit_and_usage() {
     let (_, list) = bmc(&r, tok, Method::GET, "/bmc/v1/servers?tag=env.prod", None).await;
     assert_eq!(list.as_array().unwrap().len(), 0, "PUT tags replaces them");
 
+    let (st, v) = bmc(
+        &r,
+        tok,
+        Method::POST,
+        &format!("/bmc/v1/servers/{id}/actions/reset"),
+        Some(json!({"sshKeys": [ssh_key(2)]})),
+    )
+    .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
     // Reset reinstalls on the same machine: `resetting`, then powered-on with the same
     // addresses and user-data. A slow BMC keeps the reset visibly in progress meanwhile.
     let bmc_addr = r.bmc_of(&machine).await;

@@ -722,6 +722,15 @@ struct RebootRequest {
     boot_type: Option<String>,
 }
 
+/// phoenixNAP's `ServerReset`; `installDefaultSshKeys` and `osConfiguration` (Windows, ESXi,
+/// Proxmox) have nothing to change for the OSes offered here.
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct ResetRequest {
+    ssh_keys: Option<Vec<String>>,
+    ssh_key_ids: Option<Vec<String>>,
+}
+
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 struct DeprovisionRequest {
@@ -797,6 +806,23 @@ pub async fn action(
             Json(json!({ "result": "Server rebooted" })).into_response()
         }
         "reset" => {
+            let r: ResetRequest = parse_json(&body)?;
+            // A reset reinstalls with the server's original user-data (keys, cluster role);
+            // refuse what it would not do rather than ignore it.
+            if r.ssh_keys.is_some_and(|k| !k.is_empty()) {
+                return Err(ApiError::field(
+                    "sshKeys",
+                    "reset keeps the server's SSH keys; changing them is not offered",
+                )
+                .into());
+            }
+            if r.ssh_key_ids.is_some_and(|k| !k.is_empty()) {
+                return Err(ApiError::field(
+                    "sshKeyIds",
+                    "reset keeps the server's SSH keys; changing them is not offered",
+                )
+                .into());
+            }
             let (srv, _) = deployed_machine(&s, &t, &id, "reset").await?;
             reset(&s, &t, srv).await?;
             t.audit(store, "API.ResetServer", &target).await;
