@@ -31,6 +31,15 @@ pub enum TenantCommand {
         #[arg(long)]
         scopes: Option<String>,
     },
+    /// Add a tenant member (a user who acts for the account and sees only its servers); the
+    /// last line is the member's API key (shown once).
+    AddMember {
+        #[command(flatten)]
+        db: DbArgs,
+        name: String,
+        #[arg(long)]
+        username: String,
+    },
     /// Change an account's server quota.
     SetQuota {
         #[command(flatten)]
@@ -91,6 +100,30 @@ pub async fn run(cmd: TenantCommand) -> Result<()> {
                 scopes.join(" ")
             );
             println!("{}:{}", issued.client.client_id, issued.client_secret);
+            Ok(())
+        }
+        TenantCommand::AddMember { db, name, username } => {
+            anyhow::ensure!(
+                !username.is_empty()
+                    && username.len() <= 150
+                    && !username.contains(char::is_whitespace),
+                "--username must be 1-150 characters without spaces"
+            );
+            let store = db.open().await?;
+            let a = store
+                .account_by_name(&name)
+                .await
+                .with_context(|| format!("no account {name:?}"))?;
+            let user = store
+                .create_account_member(a.id, &username)
+                .await
+                .with_context(|| format!("adding member {username:?}"))?;
+            let key = store.create_api_key(user.id, "tenant member").await?;
+            println!(
+                "Added {:?} to account {name:?}. API key (shown once; keep it secret):",
+                user.username
+            );
+            println!("{}", key.as_maas_key());
             Ok(())
         }
         TenantCommand::SetQuota {

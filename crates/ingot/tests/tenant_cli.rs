@@ -62,6 +62,21 @@ fn tenant_create_and_credentials_then_a_token() {
         .split_once(':')
         .map(|(a, b)| (a.to_owned(), b.to_owned()))
         .unwrap();
+    let o = ingot(
+        &dir,
+        &["tenant", "add-member", "acme", "--username", "alice"],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let member_key = last_line(&o);
+    assert_eq!(member_key.split(':').count(), 3, "{member_key}");
+    assert!(
+        !ingot(
+            &dir,
+            &["tenant", "add-member", "acme", "--username", "alice"]
+        )
+        .status
+        .success()
+    );
     let o = ingot(&dir, &["tenant", "list"]);
     assert_eq!(
         String::from_utf8_lossy(&o.stdout).trim(),
@@ -107,6 +122,13 @@ fn tenant_create_and_credentials_then_a_token() {
     let body: serde_json::Value = resp.json().unwrap();
     let ro: serde_json::Value = token(&ro_id, &ro_secret).json().unwrap();
     let wrong = token(id, "wrong").status().as_u16();
+    let member_servers = http
+        .get(format!("http://127.0.0.1:{port}/bmc/v1/servers"))
+        .bearer_auth(&member_key)
+        .send()
+        .unwrap()
+        .status()
+        .as_u16();
     let _ = child.kill();
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
@@ -117,6 +139,7 @@ fn tenant_create_and_credentials_then_a_token() {
     );
     assert_eq!(ro["scope"], "bmc.read");
     assert_eq!(wrong, 401);
+    assert_eq!(member_servers, 200, "a member's key works on the cloud API");
 }
 
 fn tempfile_dir() -> std::path::PathBuf {
