@@ -167,6 +167,13 @@ pub async fn start(
         }
     }));
 
+    if !s.images_dir.join("ephemeral/vmlinuz").exists() {
+        tracing::warn!(
+            images_dir = %s.images_dir.display(),
+            "no ephemeral environment under <images-dir>/ephemeral: build it with \
+             images/ephemeral/build.sh and link its output directory there"
+        );
+    }
     // UEFI HTTP boot fetches iPXE itself from /images/ipxe.efi.
     std::fs::create_dir_all(&s.images_dir)
         .with_context(|| format!("creating {}", s.images_dir.display()))?;

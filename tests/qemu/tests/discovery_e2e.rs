@@ -136,6 +136,10 @@ struct Setup {
 }
 
 fn start_region() -> Setup {
+    start_region_with(&[])
+}
+
+fn start_region_with(extra: &[&str]) -> Setup {
     for fw in [Firmware::Bios, Firmware::Uefi] {
         require_lab_files(fw)
             .expect("QEMU and firmware must be installed (scripts/install-deps.sh)");
@@ -176,33 +180,34 @@ fn start_region() -> Setup {
     let net = ip.octets();
     let subnet = format!("{}.{}.{}.0/24", net[0], net[1], net[2]);
     let range = format!("{0}.{1}.{2}.100-{0}.{1}.{2}.150", net[0], net[1], net[2]);
+    let proxy = extra.contains(&"--proxy-dhcp");
     let listen = format!("{ip}:5240");
     let region = format!("http://{ip}:5240");
     let data_dir = data.path().display().to_string();
-    lab.spawn_process(
-        "ingot-serve",
-        &bin.display().to_string(),
-        &[
-            "serve",
-            "--listen",
-            &listen,
-            "--region-url",
-            &region,
-            "--data-dir",
-            &data_dir,
-            "--pxe-interface",
-            "br0",
-            "--pxe-subnet",
-            &subnet,
-            "--pxe-range",
-            &range,
-            "--commission-timeout",
-            "600",
-            "--power-sync-interval",
-            "0",
-        ],
-    )
-    .unwrap();
+    let mut args = vec![
+        "serve",
+        "--listen",
+        &listen,
+        "--region-url",
+        &region,
+        "--data-dir",
+        &data_dir,
+        "--pxe-interface",
+        "br0",
+        "--pxe-subnet",
+        &subnet,
+        "--commission-timeout",
+        "600",
+        "--power-sync-interval",
+        "0",
+    ];
+    if proxy {
+        args.push("--proxy-dhcp");
+    } else {
+        args.extend(["--pxe-range", &range]);
+    }
+    lab.spawn_process("ingot-serve", &bin.display().to_string(), &args)
+        .unwrap();
     let up = wait_for(Duration::from_secs(30), || {
         (api(&lab, &key, "GET", "/api/v1/machines", None).0 == 200).then_some(())
     });
@@ -291,18 +296,40 @@ fn unknown_vms_enlist_and_commission_through_a_virtual_bmc() {
         );
     }
 
-    // 2. Give the BIOS machine an IPMI BMC whose power-on starts the same VM, and commission it.
-    let id = bios["id"].as_str().unwrap().to_owned();
+    // 2. Give each machine an IPMI BMC whose power-on starts that same VM, and commission it.
+    let t_bios_c = commission_via_ipmi(&mut s, &bios, Firmware::Bios, bios_mac, 16230, 19002);
+    let t_uefi_c = commission_via_ipmi(&mut s, &uefi, Firmware::Uefi, uefi_mac, 16231, 19003);
+    eprintln!(
+        "commission: BIOS {t_bios_c:.1} s, UEFI {t_uefi_c:.1} s (API commission → Ready, powered by IPMI through ipmi_sim)"
+    );
+    let _ = std::fs::write(
+        std::env::temp_dir().join("ingot-e2e-timings.txt"),
+        format!(
+            "enlist_bios_s={t_bios:.1}\nenlist_uefi_s={t_uefi:.1}\ncommission_bios_s={t_bios_c:.1}\ncommission_uefi_s={t_uefi_c:.1}\n"
+        ),
+    );
+}
+
+/// Puts the VM behind an ipmi_sim BMC (its `startcmd` is the VM), commissions the machine
+/// through the API and waits for Ready and power-off. Returns seconds from the API call to Ready.
+fn commission_via_ipmi(
+    s: &mut Setup,
+    machine: &Value,
+    firmware: Firmware,
+    mac: &str,
+    lan_port: u16,
+    serial_port: u16,
+) -> f64 {
+    let id = machine["id"].as_str().unwrap().to_owned();
     let tap = s.lab.add_tap().unwrap();
-    let disk = s
-        .data
-        .path()
-        .join(format!("{}.img", bios_mac.replace(':', "")));
-    let serial = s.lab.logs_dir().join("commission.serial.log");
-    let vm = vm_command(Firmware::Bios, bios_mac, &tap, &disk, &serial, "");
-    let (lan_port, serial_port) = (16230, 19002);
+    let disk = s.data.path().join(format!("{}.img", mac.replace(':', "")));
+    let serial = s
+        .lab
+        .logs_dir()
+        .join(format!("commission-{firmware:?}.serial.log"));
+    let vm = vm_command(firmware, mac, &tap, &disk, &serial, "");
     let conf = format!(
-        "name \"e2e\"\nset_working_mc 0x20\n  startlan 1\n    addr 127.0.0.1 {lan_port}\n    priv_limit admin\n    \
+        "name \"e2e{lan_port}\"\nset_working_mc 0x20\n  startlan 1\n    addr 127.0.0.1 {lan_port}\n    priv_limit admin\n    \
          allowed_auths_callback none md2 md5 straight\n    allowed_auths_user none md2 md5 straight\n    \
          allowed_auths_operator none md2 md5 straight\n    allowed_auths_admin none md2 md5 straight\n    \
          guid a123456789abcdefa123456789abcdef\n  endlan\n  serial 15 127.0.0.1 {serial_port} codec VM\n  \
@@ -310,7 +337,7 @@ fn unknown_vms_enlist_and_commission_through_a_virtual_bmc() {
          -device ipmi-bmc-extern,id=bmc0,chardev=ipmi0 -device isa-ipmi-kcs,bmc=bmc0\"\n  startnow false\n  \
          poweroff_wait 2\n  kill_wait 2\nuser 2 true  \"admin\" \"bmc-secret\" admin 10 none md2 md5 straight\n"
     );
-    let bmc_dir = s.data.path().join("bmc");
+    let bmc_dir = s.data.path().join(format!("bmc-{lan_port}"));
     std::fs::create_dir_all(bmc_dir.join("state")).unwrap();
     std::fs::write(bmc_dir.join("lan.conf"), conf).unwrap();
     std::fs::copy(
@@ -318,41 +345,35 @@ fn unknown_vms_enlist_and_commission_through_a_virtual_bmc() {
         bmc_dir.join("sim.emu"),
     )
     .unwrap();
+    let arg = |p: PathBuf| p.display().to_string();
     let (c, f, st) = (
-        bmc_dir.join("lan.conf"),
-        bmc_dir.join("sim.emu"),
-        bmc_dir.join("state"),
+        arg(bmc_dir.join("lan.conf")),
+        arg(bmc_dir.join("sim.emu")),
+        arg(bmc_dir.join("state")),
     );
     s.lab
         .spawn_process(
+            &format!("ipmi_sim-{lan_port}"),
             "ipmi_sim",
-            "ipmi_sim",
-            &[
-                "-c",
-                &c.display().to_string(),
-                "-f",
-                &f.display().to_string(),
-                "-s",
-                &st.display().to_string(),
-                "-n",
-            ],
+            &["-c", &c, "-f", &f, "-s", &st, "-n"],
         )
         .unwrap();
     std::thread::sleep(Duration::from_secs(1)); // ipmi_sim binds its LAN port
     let params = serde_json::json!({"power_type": "ipmi", "power_parameters": {
-        "power_address": format!("127.0.0.1:{lan_port}"), "power_user": "admin", "power_pass": "bmc-secret", "power_driver": "LAN_2_0"}});
-    let (st_code, m) = api(
+        "power_address": format!("127.0.0.1:{lan_port}"), "power_user": "admin",
+        "power_pass": "bmc-secret", "power_driver": "LAN_2_0"}});
+    let (code, m) = api(
         &s.lab,
         &s.key,
         "PUT",
         &format!("/api/v1/machines/{id}/power-parameters"),
         Some(params),
     );
-    assert_eq!(st_code, 200, "{m}");
+    assert_eq!(code, 200, "{m}");
     assert!(m["power_parameters"].get("power_pass").is_none());
 
     let started = Instant::now();
-    let (st_code, m) = api(
+    let (code, m) = api(
         &s.lab,
         &s.key,
         "POST",
@@ -360,11 +381,11 @@ fn unknown_vms_enlist_and_commission_through_a_virtual_bmc() {
         None,
     );
     assert_eq!(
-        (st_code, m["status_name"].as_str()),
+        (code, m["status_name"].as_str()),
         (200, Some("Commissioning")),
         "{m}"
     );
-    let ready = wait_for(BOOT_TIMEOUT, || {
+    let outcome = wait_for(BOOT_TIMEOUT, || {
         let (_, m) = api(
             &s.lab,
             &s.key,
@@ -378,9 +399,9 @@ fn unknown_vms_enlist_and_commission_through_a_virtual_bmc() {
             _ => None,
         }
     });
-    let m = match ready {
+    let m = match outcome {
         Some(Ok(m)) => m,
-        Some(Err(m)) => panic!("commissioning failed: {m:#}"),
+        Some(Err(m)) => panic!("{firmware:?} commissioning failed: {m:#}"),
         None => {
             let (_, ev) = api(
                 &s.lab,
@@ -390,28 +411,28 @@ fn unknown_vms_enlist_and_commission_through_a_virtual_bmc() {
                 None,
             );
             panic!(
-                "never Ready; events: {ev:#}\nserial log: {}",
+                "{firmware:?} never Ready; events: {ev:#}\nserial log: {}",
                 serial.display()
             )
         }
     };
-    let t_commission = started.elapsed().as_secs_f64();
+    let took = started.elapsed().as_secs_f64();
     assert_eq!(
         (m["cpu_count"].as_u64(), m["memory_mib"].as_u64()),
         (Some(2), Some(1024))
     );
-    eprintln!(
-        "commission: {t_commission:.1} s (API commission → Ready, powered by IPMI through ipmi_sim)"
-    );
     // Ingot powers the machine off when commissioning is done: the VM process ends.
     let off = wait_for(Duration::from_secs(60), || {
         let out = Command::new("pgrep")
-            .args(["-f", &format!("mac={bios_mac}")])
+            .args(["-f", &format!("mac={mac}")])
             .output()
             .unwrap();
         (!out.status.success()).then_some(())
     });
-    assert!(off.is_some(), "the VM is still running after commissioning");
+    assert!(
+        off.is_some(),
+        "the {firmware:?} VM is still running after commissioning"
+    );
     let (_, ev) = api(
         &s.lab,
         &s.key,
@@ -419,12 +440,54 @@ fn unknown_vms_enlist_and_commission_through_a_virtual_bmc() {
         &format!("/api/v1/machines/{id}/events"),
         None,
     );
-    let text = ev.to_string();
-    assert!(text.contains("commissioning complete"), "{ev:#}");
-    let _ = std::fs::write(
-        std::env::temp_dir().join("ingot-e2e-timings.txt"),
-        format!(
-            "enlist_bios_s={t_bios:.1}\nenlist_uefi_s={t_uefi:.1}\ncommission_bios_s={t_commission:.1}\n"
-        ),
+    assert!(ev.to_string().contains("commissioning complete"), "{ev:#}");
+    took
+}
+
+/// proxyDHCP: a site DHCP server (dnsmasq) hands out addresses only; `ingot serve
+/// --proxy-dhcp` answers the PXE part. An unknown BIOS VM still netboots from Ingot and enlists.
+#[test]
+fn proxy_dhcp_next_to_a_site_dhcp_server() {
+    for fw in [Firmware::Bios] {
+        require_lab_files(fw)
+            .expect("QEMU and firmware must be installed (scripts/install-deps.sh)");
+    }
+    let mut s = start_region_with(&["--proxy-dhcp"]);
+    let net = s.lab.server_ip().octets();
+    let conf = format!(
+        "port=0\ninterface=br0\nbind-interfaces\ndhcp-authoritative\n\
+         dhcp-range={0}.{1}.{2}.160,{0}.{1}.{2}.200,255.255.255.0,1h\nlog-dhcp\n\
+         dhcp-leasefile={3}/site.leases\n",
+        net[0],
+        net[1],
+        net[2],
+        s.lab.logs_dir().display()
     );
+    let conf_path = s.lab.logs_dir().join("site-dnsmasq.conf");
+    std::fs::write(&conf_path, conf).unwrap();
+    s.lab
+        .spawn_process(
+            "site-dhcp",
+            "dnsmasq",
+            &[
+                "-k",
+                "--pid-file",
+                &format!("--conf-file={}", conf_path.display()),
+            ],
+        )
+        .unwrap();
+    let mac = "52:54:00:e2:e0:11";
+    let (m, t) = enlist(&mut s, Firmware::Bios, mac);
+    assert_hardware(&m, mac);
+    let (_, disc) = api(&s.lab, &s.key, "GET", "/api/v1/discoveries", None);
+    let d = disc
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["mac"] == mac)
+        .expect("discovered");
+    // The address came from the site's range, not Ingot's.
+    let ip: std::net::Ipv4Addr = d["ip"].as_str().unwrap().parse().unwrap();
+    assert!((160..=200).contains(&ip.octets()[3]), "{d}");
+    eprintln!("proxyDHCP enlist: {t:.1} s");
 }
