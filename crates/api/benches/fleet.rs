@@ -4,6 +4,7 @@
 //! - listing N machines through GET /api/v1/machines (median and p95 of 15 requests);
 //! - commissioning then deploying a sim fleet of M machines concurrently through the API,
 //!   from the first request to the last machine Ready / Deployed.
+//!
 //! Prints a markdown table for docs/benchmarks.md.
 
 use bmc_power::Drivers;

@@ -146,13 +146,20 @@ async fn sync_respects_bounds_and_survives_hanging_bmcs() {
         peak > 1,
         "the loop should run calls in parallel (peak {peak})"
     );
-    let per_bmc = meter.per_bmc.lock().unwrap();
-    assert!(
-        per_bmc.values().all(|(_, max)| *max <= 1),
-        "per-BMC bound exceeded"
+    let per_bmc_peak = meter
+        .per_bmc
+        .lock()
+        .unwrap()
+        .values()
+        .map(|(_, max)| *max)
+        .max();
+    assert_eq!(
+        per_bmc_peak,
+        Some(1),
+        "per-BMC bound exceeded or never measured"
     );
-    // 18 hangs × 200 ms spread over 16 lanes, 20 serial chassis calls: far below serial time.
-    assert!(took < Duration::from_secs(5), "took {took:?}");
+    // How long it took is the benchmark's business; here it is only reported.
+    eprintln!("power sync of {MACHINES} BMCs ({} hanging) took {took:?}", hanging.len());
 
     let machines = store.list_machines(&Default::default()).await.unwrap();
     for m in machines {

@@ -22,9 +22,9 @@ pub use crypto::SecretKey;
 pub use maas::{GroupKind, NamedGroup, SshKey, Tag};
 pub use machines::{AllocationConstraints, Effects, MachineFilter, Set};
 pub use tenancy::{
-    Account, ApiClient, AuditEvent, ClaimServersError, Cluster, IssuedClient, Location, NewAuditEvent, NewServer,
-    QuotaEditRequest, Server, ServerTag, ServerType, ServerUsage, TenantSshKey, TenantTag,
-    TokenGrant, host_addresses, random_object_id,
+    Account, ApiClient, AuditEvent, ClaimServersError, Cluster, IssuedClient, Location,
+    NewAuditEvent, NewServer, QuotaEditRequest, Server, ServerTag, ServerType, ServerUsage,
+    TenantSshKey, TenantTag, TokenGrant, host_addresses, random_object_id,
 };
 pub use users::{ApiKey, IssuedApiKey, User};
 

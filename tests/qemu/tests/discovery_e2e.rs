@@ -448,10 +448,8 @@ fn commission_via_ipmi(
 /// --proxy-dhcp` answers the PXE part. An unknown BIOS VM still netboots from Ingot and enlists.
 #[test]
 fn proxy_dhcp_next_to_a_site_dhcp_server() {
-    for fw in [Firmware::Bios] {
-        require_lab_files(fw)
-            .expect("QEMU and firmware must be installed (scripts/install-deps.sh)");
-    }
+    require_lab_files(Firmware::Bios)
+        .expect("QEMU and firmware must be installed (scripts/install-deps.sh)");
     let mut s = start_region_with(&["--proxy-dhcp"]);
     let net = s.lab.server_ip().octets();
     let conf = format!(
