@@ -159,7 +159,10 @@ async fn sync_respects_bounds_and_survives_hanging_bmcs() {
         "per-BMC bound exceeded or never measured"
     );
     // How long it took is the benchmark's business; here it is only reported.
-    eprintln!("power sync of {MACHINES} BMCs ({} hanging) took {took:?}", hanging.len());
+    eprintln!(
+        "power sync of {MACHINES} BMCs ({} hanging) took {took:?}",
+        hanging.len()
+    );
 
     let machines = store.list_machines(&Default::default()).await.unwrap();
     for m in machines {
