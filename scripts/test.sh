@@ -34,7 +34,8 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "cargo tests (all tiers)"
 # Two test threads: QEMU VMs under TCG and the peer emulators each want a core.
-cargo test --workspace --locked -- --test-threads=2
+# --no-fail-fast: one run reports every failing suite, not just the first.
+cargo test --workspace --locked --no-fail-fast -- --test-threads=2
 
 if [ $quick = 0 ]; then
     cargo build -p ingot --locked

@@ -316,6 +316,7 @@ async fn create_machine(
         architecture: req.architecture,
         zone: req.zone,
         pool: req.pool,
+        inventory: None,
     };
     let m = s
         .engine

@@ -48,10 +48,10 @@ impl Engine {
         let new = NewMachine {
             boot_mac: Some(boot_mac),
             macs,
+            inventory: Some(req.inventory),
             ..Default::default()
         };
         let m = self.store.create_machine(new, "enlistment").await?;
-        self.store.set_inventory(&m.id, &req.inventory).await?;
         let token = self
             .store
             .issue_boot_token(&m.id, self.token_ttl_ms())

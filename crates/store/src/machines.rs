@@ -218,6 +218,13 @@ impl Store {
             .power_pass
             .as_deref()
             .map(|p| self.key.encrypt(p));
+        let hw = new.inventory.clone().unwrap_or_default();
+        let hw_json = serde_json::to_string(&Hardware {
+            disks: hw.disks.clone(),
+            interfaces: hw.interfaces.clone(),
+            system: hw.system.clone(),
+        })
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let now = now_ms();
         // A generated id or hostname can collide; retry with fresh ones. A given hostname
         // that collides is the caller's conflict.
@@ -230,8 +237,9 @@ impl Store {
             let mut tx = self.pool.begin().await?;
             let inserted = sqlx::query(
                 "INSERT INTO machines (id, hostname, status, power_type, power_params, \
-                 power_pass_enc, boot_mac, architecture, zone, pool, created_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)",
+                 power_pass_enc, boot_mac, architecture, zone, pool, created_at, updated_at, \
+                 cpu_count, cpu_model, memory_mib, hardware) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12, $13, $14, $15)",
             )
             .bind(id.as_str())
             .bind(&hostname)
@@ -248,6 +256,10 @@ impl Store {
             .bind(new.zone.clone().unwrap_or_else(|| "default".into()))
             .bind(new.pool.clone().unwrap_or_else(|| "default".into()))
             .bind(now)
+            .bind(i64::from(hw.cpu_count))
+            .bind(hw.cpu_model.clone())
+            .bind(i64::try_from(hw.memory_mib).unwrap_or(i64::MAX))
+            .bind(hw_json.clone())
             .execute(&mut *tx)
             .await;
             match inserted {
@@ -891,35 +903,6 @@ async fn insert_event(
 }
 
 impl Store {
-    /// Stores hardware facts without a status change (enlistment) and claims the NICs' MACs.
-    pub async fn set_inventory(&self, id: &MachineId, inv: &Inventory) -> Result<(), StoreError> {
-        let hw = Hardware {
-            disks: inv.disks.clone(),
-            interfaces: inv.interfaces.clone(),
-            system: inv.system.clone(),
-        };
-        let hw = serde_json::to_string(&hw).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let done = sqlx::query(
-            "UPDATE machines SET cpu_count = $1, cpu_model = $2, memory_mib = $3, hardware = $4, \
-             updated_at = $5 WHERE id = $6",
-        )
-        .bind(i64::from(inv.cpu_count))
-        .bind(&inv.cpu_model)
-        .bind(i64::try_from(inv.memory_mib).unwrap_or(i64::MAX))
-        .bind(hw)
-        .bind(now_ms())
-        .bind(id.as_str())
-        .execute(&self.pool)
-        .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound {
-                kind: "machine",
-                id: id.to_string(),
-            });
-        }
-        Ok(())
-    }
-
     /// Moves a running workflow's deadline, only if the machine is still in `status`.
     pub async fn extend_deadline(
         &self,

@@ -184,6 +184,35 @@ async fn machine_crud_and_macs(db: &TestDb) {
             .unwrap();
         assert!(names.insert(m.hostname));
     }
+    // Hardware given at creation is there in the same write (enlistment).
+    let inv = Inventory {
+        cpu_count: 8,
+        memory_mib: 4096,
+        disks: vec![Disk {
+            name: "vda".into(),
+            size_bytes: 1 << 33,
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let enlisted = s
+        .create_machine(
+            NewMachine {
+                inventory: Some(inv),
+                ..machine_with("enl", "52:54:00:aa:00:77")
+            },
+            "enlistment",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            enlisted.cpu_count,
+            enlisted.memory_mib,
+            enlisted.disks.len()
+        ),
+        (8, 4096, 1)
+    );
     let unknown = ingot_types::MachineId::parse("zzzzzz").unwrap();
     assert!(matches!(
         s.machine(&unknown).await,

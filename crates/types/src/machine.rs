@@ -54,6 +54,10 @@ pub struct NewMachine {
     pub architecture: Option<String>,
     pub zone: Option<String>,
     pub pool: Option<String>,
+    /// Hardware known at creation (enlistment); stored in the same insert, so no reader ever
+    /// sees an enlisted machine without its hardware.
+    #[serde(default)]
+    pub inventory: Option<crate::inventory::Inventory>,
 }
 
 /// A recorded event in a machine's history.

@@ -966,6 +966,7 @@ async fn create_machine(c: &Ctx) -> MaasResult<Response> {
         architecture: Some(arch),
         zone: c.opt("zone").map(str::to_owned),
         pool: c.opt("pool").map(str::to_owned),
+        inventory: None,
     };
     let actor = c.actor()?;
     let mut m = c
