@@ -158,6 +158,22 @@ impl Sql {
         self.text.push_str(&format!("${n}"));
         self
     }
+    /// ` AND column IN ($a, $b, …)`; nothing when `values` is empty (no constraint).
+    fn push_in(&mut self, column: &str, values: impl IntoIterator<Item = Arg>) -> &mut Self {
+        let mut values = values.into_iter().peekable();
+        if values.peek().is_none() {
+            return self;
+        }
+        self.push(&format!(" AND {column} IN ("));
+        for (i, v) in values.enumerate() {
+            if i > 0 {
+                self.push(", ");
+            }
+            self.bind(v);
+        }
+        self.push(")")
+    }
+
     fn query(&self) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments<'_>> {
         let mut q = sqlx::query(self.text.as_str());
         for a in &self.args {
@@ -341,36 +357,15 @@ impl Store {
         let mut sql = Sql::new(format!(
             "SELECT {MACHINE_COLUMNS} FROM machines m LEFT JOIN users u ON u.id = m.owner_id WHERE 1=1"
         ));
-        if !f.ids.is_empty() {
-            sql.push(" AND m.id IN (");
-            for (i, id) in f.ids.iter().enumerate() {
-                if i > 0 {
-                    sql.push(", ");
-                }
-                sql.bind(Arg::Text(id.clone()));
-            }
-            sql.push(")");
-        }
-        if !f.hostnames.is_empty() {
-            sql.push(" AND m.hostname IN (");
-            for (i, h) in f.hostnames.iter().enumerate() {
-                if i > 0 {
-                    sql.push(", ");
-                }
-                sql.bind(Arg::Text(h.clone()));
-            }
-            sql.push(")");
-        }
-        if !f.statuses.is_empty() {
-            sql.push(" AND m.status IN (");
-            for (i, s) in f.statuses.iter().enumerate() {
-                if i > 0 {
-                    sql.push(", ");
-                }
-                sql.bind(Arg::Int(i64::from(s.code())));
-            }
-            sql.push(")");
-        }
+        sql.push_in("m.id", f.ids.iter().map(|v| Arg::Text(v.clone())));
+        sql.push_in(
+            "m.hostname",
+            f.hostnames.iter().map(|v| Arg::Text(v.clone())),
+        );
+        sql.push_in(
+            "m.status",
+            f.statuses.iter().map(|s| Arg::Int(i64::from(s.code()))),
+        );
         if let Some(z) = &f.zone {
             sql.push(" AND m.zone = ").bind(Arg::Text(z.clone()));
         }
