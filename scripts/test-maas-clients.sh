@@ -37,40 +37,12 @@ if ! "$SYSTEM_PYTHON" -c "import cloudinit.sources.DataSourceMAAS" 2>/dev/null; 
 fi
 
 # --- the region -----------------------------------------------------------------------------
-if [ -z "${INGOT_BIN:-}" ]; then
-    cargo build -p ingot --quiet
-    INGOT_BIN="$CARGO_TARGET_DIR/debug/ingot"
-fi
-work=$(mktemp -d)
-server_pid=
-cleanup() {
-    if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
-        kill "$server_pid"
-        wait "$server_pid" 2>/dev/null || true
-    fi
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-port=$("$SYSTEM_PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+. scripts/lib/region.sh
+region_prepare
 key=$("$INGOT_BIN" admin create-user --data-dir "$work/data" --username admin --admin | tail -1)
-"$INGOT_BIN" serve --data-dir "$work/data" --listen "127.0.0.1:$port" --region-url "http://127.0.0.1:$port" \
-    --sim-machines "${INGOT_SIM_MACHINES:-4}" --sim-delay-ms 50 --power-sync-interval 0 \
-    >"$work/server.log" 2>&1 &
-server_pid=$!
-for _ in $(seq 1 100); do
-    "$SYSTEM_PYTHON" -c "import urllib.request,sys; urllib.request.urlopen(sys.argv[1], timeout=2)" "http://127.0.0.1:$port/healthz" 2>/dev/null && break
-    kill -0 "$server_pid" 2>/dev/null || { cat "$work/server.log"; exit 1; }
-    sleep 0.1
-done
-url="http://127.0.0.1:$port/MAAS/"
+region_start "${INGOT_SIM_MACHINES:-4}"
+url="$url_base/MAAS/"
 say "region at $url (log: $work/server.log)"
-
-fail() {
-    say "FAILED: $*; server log follows"
-    tail -n 80 "$work/server.log"
-    exit 1
-}
 
 # --- scenarios --------------------------------------------------------------------------------
 # Run from the work dir so nothing in the tree shadows the client packages.

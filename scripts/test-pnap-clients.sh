@@ -31,44 +31,16 @@ if ! "$VENV/bin/python" -c "import pnap_bmc_api, requests, sys; from importlib.m
 fi
 
 # --- the region -----------------------------------------------------------------------------
-if [ -z "${INGOT_BIN:-}" ]; then
-    cargo build -p ingot --quiet
-    INGOT_BIN="$CARGO_TARGET_DIR/debug/ingot"
-fi
-work=$(mktemp -d)
-server_pid=
-cleanup() {
-    if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
-        kill "$server_pid"
-        wait "$server_pid" 2>/dev/null || true
-    fi
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-port=$("$SYSTEM_PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+. scripts/lib/region.sh
+region_prepare
 key=$("$INGOT_BIN" admin create-user --data-dir "$work/data" --username admin --admin | tail -1)
 "$INGOT_BIN" tenant create --data-dir "$work/data" demo --max-servers 10 >/dev/null
 creds=$("$INGOT_BIN" tenant create-credentials --data-dir "$work/data" demo | tail -1)
 client_id=${creds%%:*}
 client_secret=${creds#*:}
-"$INGOT_BIN" serve --data-dir "$work/data" --listen "127.0.0.1:$port" --region-url "http://127.0.0.1:$port" \
-    --sim-machines "${INGOT_SIM_MACHINES:-6}" --sim-delay-ms 50 --power-sync-interval 0 \
-    >"$work/server.log" 2>&1 &
-server_pid=$!
-for _ in $(seq 1 100); do
-    curl -fsS "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break
-    kill -0 "$server_pid" 2>/dev/null || { cat "$work/server.log"; exit 1; }
-    sleep 0.1
-done
-url="http://127.0.0.1:$port"
+region_start "${INGOT_SIM_MACHINES:-6}"
+url="$url_base"
 say "region at $url (log: $work/server.log)"
-
-fail() {
-    say "FAILED: $*; server log follows"
-    tail -n 80 "$work/server.log"
-    exit 1
-}
 
 # --- scenarios --------------------------------------------------------------------------------
 # Run from the work dir so nothing in the tree shadows the client packages.
