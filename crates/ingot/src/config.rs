@@ -170,6 +170,23 @@ pub struct FileConfig {
     pub pxe_http_port: Option<u16>,
     pub tftp_root: Option<PathBuf>,
     pub images_dir: Option<PathBuf>,
+    /// Further subnets served through DHCP relays (routed racks), selected by giaddr:
+    /// `[[pxe_subnets]]` tables with `subnet`, `range`, and optional `router`, `dns`,
+    /// `reservations = { "mac" = "ip" }`.
+    #[serde(default)]
+    pub pxe_subnets: Vec<FileSubnet>,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct FileSubnet {
+    pub subnet: String,
+    pub range: Option<String>,
+    pub router: Option<std::net::Ipv4Addr>,
+    #[serde(default)]
+    pub dns: Vec<std::net::Ipv4Addr>,
+    #[serde(default)]
+    pub reservations: std::collections::BTreeMap<String, std::net::Ipv4Addr>,
 }
 
 /// Settings after precedence is applied.
@@ -260,6 +277,11 @@ impl ServeArgs {
                         .clone()
                         .or(file.tftp_root)
                         .unwrap_or_else(|| PathBuf::from("/usr/lib/ipxe")),
+                    relay_subnets: file
+                        .pxe_subnets
+                        .iter()
+                        .map(crate::pxe::RelaySubnet::from_file)
+                        .collect::<Result<_>>()?,
                     images_dir: self
                         .images_dir
                         .clone()

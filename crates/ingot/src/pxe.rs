@@ -75,6 +75,57 @@ pub struct PxeSettings {
     pub http_port: u16,
     pub tftp_root: PathBuf,
     pub images_dir: PathBuf,
+    /// Subnets behind DHCP relays (from the config file's `[[pxe_subnets]]`).
+    pub relay_subnets: Vec<RelaySubnet>,
+}
+
+/// A subnet reached through a DHCP relay; the relay's giaddr selects it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RelaySubnet {
+    pub subnet: ipnet::Ipv4Net,
+    pub range: Option<(Ipv4Addr, Ipv4Addr)>,
+    pub router: Option<Ipv4Addr>,
+    pub dns: Vec<Ipv4Addr>,
+    pub reservations: Vec<(String, Ipv4Addr)>,
+}
+
+impl RelaySubnet {
+    pub fn from_file(f: &crate::config::FileSubnet) -> Result<Self> {
+        let subnet: ipnet::Ipv4Net = f
+            .subnet
+            .parse()
+            .with_context(|| format!("pxe_subnets: {:?} is not an IPv4 CIDR", f.subnet))?;
+        let range = f.range.as_deref().map(parse_range).transpose()?;
+        if let Some((a, b)) = range
+            && !(subnet.contains(&a) && subnet.contains(&b))
+        {
+            bail!("pxe_subnets: range {a}-{b} is not inside {subnet}");
+        }
+        let mut reservations = Vec::new();
+        for (mac, ip) in &f.reservations {
+            let norm = ingot_types::inventory::normalize_mac(mac)
+                .with_context(|| format!("pxe_subnets: reservation key {mac:?} is not a MAC"))?;
+            if !subnet.contains(ip) {
+                bail!("pxe_subnets: reservation {ip} for {mac} is not inside {subnet}");
+            }
+            reservations.push((norm, *ip));
+        }
+        Ok(RelaySubnet {
+            subnet,
+            range,
+            router: f.router,
+            dns: f.dns.clone(),
+            reservations,
+        })
+    }
+
+    fn to_dhcp(&self) -> SubnetConfig {
+        let mut c = SubnetConfig::new(self.subnet, self.range.into_iter().collect());
+        c.router = self.router;
+        c.dns_servers = self.dns.clone();
+        c.reservations = self.reservations.iter().cloned().collect();
+        c
+    }
 }
 
 /// Parses `START-END`.
@@ -137,6 +188,8 @@ pub async fn start(
         server_ip,
         vec![SubnetConfig::new(s.subnet, s.range.into_iter().collect())],
     );
+    dhcp.subnets
+        .extend(s.relay_subnets.iter().map(RelaySubnet::to_dhcp));
     dhcp.router_advertisements = s.router_advertisements;
     dhcp.mode = if s.proxy {
         DhcpMode::Proxy
@@ -202,6 +255,66 @@ pub async fn start(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relay_subnets_from_the_config_file() {
+        let file: crate::config::FileConfig = toml::from_str(
+            r#"
+            [[pxe_subnets]]
+            subnet = "10.20.0.0/24"
+            range = "10.20.0.100-10.20.0.200"
+            router = "10.20.0.1"
+            dns = ["10.20.0.2"]
+            reservations = { "52-54-00-AA-BB-CC" = "10.20.0.50" }
+            "#,
+        )
+        .unwrap();
+        let r = RelaySubnet::from_file(&file.pxe_subnets[0]).unwrap();
+        assert_eq!(r.subnet.to_string(), "10.20.0.0/24");
+        assert_eq!(
+            r.reservations,
+            vec![(
+                "52:54:00:aa:bb:cc".to_owned(),
+                "10.20.0.50".parse().unwrap()
+            )]
+        );
+        let dhcp = r.to_dhcp();
+        assert_eq!(dhcp.router, Some("10.20.0.1".parse().unwrap()));
+        assert_eq!(
+            dhcp.ranges,
+            vec![(
+                "10.20.0.100".parse().unwrap(),
+                "10.20.0.200".parse().unwrap()
+            )]
+        );
+        for (bad, why) in [
+            (
+                r#"[[pxe_subnets]]
+subnet = "10.20.0.0/24"
+range = "10.30.0.1-10.30.0.9""#,
+                "not inside",
+            ),
+            (
+                r#"[[pxe_subnets]]
+subnet = "nope""#,
+                "not an IPv4 CIDR",
+            ),
+            (
+                r#"[[pxe_subnets]]
+subnet = "10.20.0.0/24"
+reservations = { "zz" = "10.20.0.5" }"#,
+                "not a MAC",
+            ),
+        ] {
+            let f: crate::config::FileConfig = toml::from_str(bad).unwrap();
+            let err = RelaySubnet::from_file(&f.pxe_subnets[0]).unwrap_err();
+            assert!(format!("{err:#}").contains(why), "{bad}: {err:#}");
+        }
+        let unknown = toml::from_str::<crate::config::FileConfig>(
+            "[[pxe_subnets]]\nsubnet = \"10.0.0.0/8\"\nrnage = \"x\"\n",
+        );
+        assert!(unknown.is_err(), "unknown keys are refused");
+    }
 
     #[test]
     fn ranges() {
