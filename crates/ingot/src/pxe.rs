@@ -64,6 +64,12 @@ impl LeaseStore for StoreLeases {
     }
 }
 
+fn unix_now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
 /// What the PXE flags asked for.
 #[derive(Debug, Clone)]
 pub struct PxeSettings {
@@ -208,6 +214,25 @@ pub async fn start(
         match pxe::dhcp::server::run(dhcp, leases, b, stop.cancelled_owned()).await {
             Ok(counters) => tracing::info!(?counters, "DHCP server stopped"),
             Err(e) => tracing::error!(error = %ingot_engine::error_chain(&e), "DHCP server failed"),
+        }
+    }));
+
+    // Leases a day past expiry are history: purge them hourly.
+    let (store, stop) = (engine.store().clone(), shutdown.clone());
+    tasks.push(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => {
+                    let day_ago = unix_now_secs() - 86_400;
+                    match store.purge_expired_leases(day_ago).await {
+                        Ok(n) if n > 0 => tracing::info!(purged = n, "expired DHCP leases purged"),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "purging expired leases failed"),
+                    }
+                }
+            }
         }
     }));
 

@@ -63,6 +63,16 @@ impl Store {
         Ok(())
     }
 
+    /// Deletes leases that expired before `before` (unix seconds). The DHCP core already treats
+    /// expired leases as free; this only keeps the table from growing forever.
+    pub async fn purge_expired_leases(&self, before: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM leases WHERE expires_at < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
     /// Records a sighting: first/last seen, latest IP and architecture.
     pub async fn record_sighting(&self, s: &Sighting) -> Result<(), StoreError> {
         let at = if s.at > 0 { s.at } else { now_ms() / 1000 };

@@ -566,6 +566,25 @@ async fn leases_and_discoveries(db: &TestDb) {
     assert_eq!(all[0].mac, "aa:aa:aa:aa:aa:03");
     s.remove_lease("10.0.0.11".parse().unwrap()).await.unwrap();
     assert_eq!(s.load_leases().await.unwrap().len(), 1);
+    s.commit_leases(&[Lease {
+        expires_at: 500,
+        ..l("10.0.0.12", "aa:aa:aa:aa:aa:04")
+    }])
+    .await
+    .unwrap();
+    assert_eq!(
+        s.purge_expired_leases(200).await.unwrap(),
+        1,
+        "only the lease expired at 100"
+    );
+    let left: Vec<_> = s
+        .load_leases()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.ip.to_string())
+        .collect();
+    assert_eq!(left, ["10.0.0.12"]);
 
     let sight = |at| Sighting {
         mac: "aa:aa:aa:aa:aa:09".into(),
