@@ -541,7 +541,11 @@ async fn set_power_parameters(
     Ok(Json(machine_json(&m)))
 }
 
-async fn discoveries(State(s): State<AppState>, _c: Caller) -> Result<Json<Vec<Value>>, ApiError> {
+async fn discoveries(State(s): State<AppState>, c: Caller) -> Result<Json<Vec<Value>>, ApiError> {
+    // Which MACs netbooted where is operator data (tenants and users see only machines).
+    if !c.0.is_admin {
+        return Err(ApiError::Forbidden);
+    }
     let list = s
         .engine
         .store()
