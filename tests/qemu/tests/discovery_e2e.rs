@@ -358,7 +358,23 @@ fn commission_via_ipmi(
             &["-c", &c, "-f", &f, "-s", &st, "-n"],
         )
         .unwrap();
-    std::thread::sleep(Duration::from_secs(1)); // ipmi_sim binds its LAN port
+    // Wait until ipmi_sim has bound its LAN port inside the namespace.
+    let ns = s.lab.name().to_owned();
+    let bound = wait_for(Duration::from_secs(20), || {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns,
+                "ss",
+                "-Hlun",
+                &format!("sport = :{lan_port}"),
+            ])
+            .output()
+            .ok()?;
+        (!String::from_utf8_lossy(&out.stdout).trim().is_empty()).then_some(())
+    });
+    assert!(bound.is_some(), "ipmi_sim never bound 127.0.0.1:{lan_port}");
     let params = serde_json::json!({"power_type": "ipmi", "power_parameters": {
         "power_address": format!("127.0.0.1:{lan_port}"), "power_user": "admin",
         "power_pass": "bmc-secret", "power_driver": "LAN_2_0"}});
